@@ -1,0 +1,58 @@
+# trainguard's entry points. `make test` and `make demo` each install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: help venv lint typecheck layers crds crds-check controlplane tools test unit demo bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install trainguard with its dev extras
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+lint: venv ## ruff
+	$(BIN)/ruff check operator tests bench
+
+typecheck: venv ## mypy --strict on operator/trainguard
+	$(BIN)/mypy
+
+layers: venv ## the import layering (import-linter)
+	$(BIN)/lint-imports
+
+crds: venv ## regenerate crds/, the chart's CRD copy and docs/sample.schema.json from the models
+	$(BIN)/trainguard crdgen
+
+crds-check: venv ## fail if the generated files differ from the models
+	$(BIN)/trainguard crdgen --check
+
+controlplane: ## build (or reuse from the cache) the local Kubernetes control plane
+	scripts/controlplane build
+
+tools: ## install helm and promtool into the cache
+	scripts/controlplane tools
+
+unit: venv ## the tests that need no control plane
+	$(BIN)/pytest -m 'not integration'
+
+test: venv lint typecheck layers crds-check controlplane tools ## everything CI runs
+	$(BIN)/pytest
+
+demo: venv ## the end-to-end demo
+	@echo "make demo: the demo is not built yet (it arrives with the operator and chart issues)." >&2
+	@exit 1
+
+bench: venv ## the benchmarks under bench/
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove the virtualenv and caches in the checkout
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,58 @@
+"""The `trainguard` command.
+
+Each subcommand lives in the module that owns its concept and exposes two functions:
+`add_arguments(parser)` and `run(args) -> int` (the exit status). The table below is the only
+place that knows them all; modules are imported only when their subcommand runs, so that
+`trainguard sensor` never loads the operator's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from trainguard import __version__
+
+
+class Command(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crdgen": ("trainguard.api.crdgen", "write the CRD and the sample schema from the API models"),
+    "replay": ("trainguard.detection.replay", "run the detection engine over recorded traces"),
+    "sensor": ("trainguard.sensor.command", "run the per-pod sensor (sidecar)"),
+}
+
+
+def _load(name: str) -> Command:
+    module = importlib.import_module(COMMANDS[name][0])
+    return module  # type: ignore[return-value]
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainguard", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Only the chosen subcommand's module is imported; the others get a bare parser for --help.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(args_list).parse_args(args_list)
+    return _load(args.command).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

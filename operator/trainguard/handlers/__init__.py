@@ -1,0 +1,1 @@
+"""kopf wiring only: handlers translate events into calls on k8s/, builders/ and detection/."""
