@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from trainguard import __version__
 
@@ -31,12 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(name: str) -> Command:
-    module = importlib.import_module(COMMANDS[name][0])
-    return module  # type: ignore[return-value]
+    return cast(Command, importlib.import_module(COMMANDS[name][0]))
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainguard", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="trainguard", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen subcommand's module is imported; the others get a bare parser for --help.
