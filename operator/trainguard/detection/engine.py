@@ -1,0 +1,324 @@
+"""The engine: samples and a policy in, decisions out. One engine per job.
+
+    engine = Engine(policy, EngineContext(...), clock=time.time, monitoring=spec.monitoring)
+    for decision in engine.observe(sample): ...     # as each pod's sample arrives
+    for decision in engine.tick(): ...              # every second or so: silence, escalation by time
+
+Between the rules and the decisions sit, for every rule alike:
+
+- **debounce**: a finding must be seen in `debounce.samples` consecutive samples of the pod, or
+  have stood `debounce.seconds`, whichever comes first, before it is a violation. Conclusive rules
+  (a known miner, a tunnel, the mining signature whose window is its own debounce, the sensor
+  rules) are confirmed on the first sample.
+- **de-duplication**: a violation is keyed by (pod, rule, identity). While it stands it is
+  reported once (`new`), then `updated` only when its action changes; it clears (`cleared`) after
+  the same debounce of clean samples, and one that comes back is a new occurrence.
+- **escalation**: the action is `enforcement.action`, or the last escalation step whose
+  conditions all hold (`escalation.choose_action`). Occurrences and distinct rules are counted over
+  the job's lifetime in this engine; when a new violation raises them, every standing violation is
+  re-judged, and `tick` re-judges them as they persist.
+
+Times: a violation's first/last seen are sample times (`Sample.ts`); silence is judged by the
+injected clock against when the pod's last sample arrived, so a sensor with a skewed clock is
+neither silenced nor excused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+
+from trainguard.api.sample import Sample
+from trainguard.api.v1alpha1 import Action, Monitoring, Policy
+from trainguard.detection.compiled import CompiledPolicy
+from trainguard.detection.context import EngineContext
+from trainguard.detection.endpoints import EndpointCache, IPAddress, parse_ip
+from trainguard.detection.escalation import Standing, choose_action
+from trainguard.detection.rules import CHAIN, RULES, SENSOR_SILENT, Rule, RuleInput, sensor_silent
+from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
+from trainguard.detection.window import Window
+
+Clock = Callable[[], float]
+
+
+class ManualClock:
+    """A clock that says what it is told: for replays and tests."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, now: float) -> None:
+        self.now = now
+
+
+@dataclass(slots=True)
+class _Track:
+    """A finding being followed for one pod: pending (debouncing) or standing (a violation)."""
+
+    rule: Rule
+    identity: str
+    first_seen: float
+    last_seen: float
+    evidence: Evidence
+    #: Consecutive violating samples.
+    count: int = 0
+    #: Consecutive clean samples since it was last seen, and the time of the first of them.
+    clean: int = 0
+    clean_since: float = 0.0
+    standing: bool = False
+    occurrence: int = 0
+    action: Action = "Alert"
+
+
+@dataclass(slots=True)
+class _Pod:
+    window: Window
+    #: When the pod's last sample arrived, by the engine's clock.
+    last_heard: float
+    tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
+
+
+class Engine:
+    """Detection for one job: feed it samples (`observe`) and the time (`tick`), act on its decisions."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        context: EngineContext | None = None,
+        clock: Clock = time.time,
+        monitoring: Monitoring | None = None,
+    ) -> None:
+        self.context = context or EngineContext()
+        self.policy = CompiledPolicy(policy, self.context)
+        self.clock = clock
+        self.monitoring = monitoring or Monitoring()
+        self._chain: tuple[Rule, ...] = tuple(r for r in CHAIN if r.enabled(self.policy))
+        self._checks = tuple(r.check for r in self._chain)
+        self._pods: dict[str, _Pod] = {}
+        self._job_ips: set[IPAddress] = {parse_ip(i) for i in self.context.job_pod_ips}
+        self._learned_locals: set[str] = set()
+        self._endpoints = EndpointCache()
+        self._occurrences = 0
+        self._distinct: set[str] = set()
+        enforcement = policy.enforcement
+        self._enforcement = enforcement
+        self._dry_run = enforcement.dry_run
+        self._deb_samples = enforcement.debounce.samples
+        self._deb_seconds = enforcement.debounce.seconds
+
+    # --- the API -------------------------------------------------------------------------------
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The sample rules this policy enables, in evaluation order (`sensor.silent` always runs in tick)."""
+        return tuple(r.name for r in self._chain)
+
+    @property
+    def occurrences(self) -> int:
+        """Violations (occurrences) confirmed in the job so far."""
+        return self._occurrences
+
+    def observe(self, sample: Sample) -> list[Decision]:
+        """Evaluate one sample of one pod; return the decisions it leads to (usually none)."""
+        now = self.clock()
+        pod = self._pods.get(sample.pod)
+        if pod is None:
+            pod = self._pods[sample.pod] = _Pod(Window(self.context.mining), now)
+        pod.last_heard = now
+        pod.window.push(sample)
+        if self.context.learn_pod_ips and sample.connections:
+            self._learn(sample)
+        inp = RuleInput(
+            sample=sample,
+            window=pod.window,
+            policy=self.policy,
+            now=now,
+            job_ips=self._job_ips,
+            endpoints=self._endpoints,
+        )
+        findings: list[Finding] | None = None
+        for check in self._checks:
+            found = check(inp)
+            if found:
+                if findings is None:
+                    findings = list(found)
+                else:
+                    findings.extend(found)
+        if findings is None and not pod.tracks:
+            return []
+        return self._follow(sample.pod, pod, findings or [], sample.ts)
+
+    def tick(self, now: float | None = None) -> list[Decision]:
+        """Judge the time: pods gone silent, and standing violations whose action changes as they persist."""
+        if now is None:
+            now = self.clock()
+        out: list[Decision] = []
+        silence = self.monitoring.sensor_silence_seconds
+        for name, pod in self._pods.items():
+            finding = sensor_silent(pod.last_heard, now, silence)
+            key = (SENSOR_SILENT, "")
+            track = pod.tracks.get(key)
+            if finding is not None:
+                if track is None:
+                    track = pod.tracks[key] = _Track(
+                        RULES[SENSOR_SILENT], "", pod.last_heard, now, finding.evidence, count=1
+                    )
+                    out.append(self._confirm(name, track, now))
+                else:
+                    track.last_seen = now
+                    track.evidence = finding.evidence
+        out.extend(self._rejudge(now))
+        return out
+
+    def expect(self, pod: str, now: float | None = None) -> None:
+        """Start watching a pod before its first sample, so that a sensor that never reports is silent."""
+        if pod not in self._pods:
+            self._pods[pod] = _Pod(Window(self.context.mining), self.clock() if now is None else now)
+
+    def forget(self, pod: str, now: float | None = None) -> list[Decision]:
+        """Stop watching a pod (it was deleted); its standing violations are cleared."""
+        state = self._pods.pop(pod, None)
+        if state is None:
+            return []
+        when = self.clock() if now is None else now
+        return [self._decision("cleared", pod, t, when) for t in state.tracks.values() if t.standing]
+
+    def standing(self) -> list[Violation]:
+        """The violations standing now, in the order they were confirmed."""
+        out = [self._violation(name, t) for name, pod in self._pods.items() for t in pod.tracks.values() if t.standing]
+        return sorted(out, key=lambda v: v.occurrence)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _learn(self, sample: Sample) -> None:
+        learned = self._learned_locals
+        for c in sample.connections:
+            if c.local in learned:
+                continue
+            learned.add(c.local)
+            ep = self._endpoints.get(c.local)
+            if ep is not None and not ep.ip.is_loopback and not ep.ip.is_unspecified:
+                self._job_ips.add(ep.ip)
+
+    def _follow(self, name: str, pod: _Pod, findings: list[Finding], ts: float) -> list[Decision]:
+        """Debounce, de-duplicate and decide, given this sample's findings for the pod."""
+        out: list[Decision] = []
+        tracks = pod.tracks
+        seen: set[tuple[str, str]] = set()
+        confirmed: list[_Track] = []
+        still: list[_Track] = []
+        for f in findings:
+            key = (f.rule, f.identity)
+            if key in seen:
+                continue
+            seen.add(key)
+            track = tracks.get(key)
+            if track is None:
+                track = tracks[key] = _Track(RULES[f.rule], f.identity, ts, ts, f.evidence)
+            track.count += 1
+            track.clean = 0
+            track.last_seen = ts
+            track.evidence = f.evidence
+            if track.standing:
+                still.append(track)
+            elif (
+                track.rule.conclusive
+                or track.count >= self._deb_samples
+                or (self._deb_seconds is not None and ts - track.first_seen >= self._deb_seconds)
+            ):
+                self._count(track)
+                confirmed.append(track)
+        # Actions are judged once every confirmation of this sample is counted, so two rules that
+        # fire together both see distinctRules = 2.
+        for track in confirmed:
+            track.action = self._judge(track, ts)
+            out.append(self._decision("new", name, track, ts))
+        for track in still:
+            action = self._judge(track, ts)
+            if action != track.action:
+                track.action = action
+                out.append(self._decision("updated", name, track, ts))
+        silent = tracks.pop((SENSOR_SILENT, ""), None)
+        if silent is not None:
+            # A sample is the end of silence: cleared at once, no debounce.
+            silent.last_seen = ts
+            out.append(self._decision("cleared", name, silent, ts))
+        for key, track in list(tracks.items()):
+            if key in seen:
+                continue
+            if not track.standing:
+                del tracks[key]  # the run of violating samples broke before the debounce
+                continue
+            track.clean += 1
+            if track.clean == 1:
+                track.clean_since = ts
+            if track.clean >= self._deb_samples or (
+                self._deb_seconds is not None and ts - track.clean_since >= self._deb_seconds
+            ):
+                del tracks[key]
+                out.append(self._decision("cleared", name, track, ts))
+        if confirmed:
+            out.extend(self._rejudge(ts, pod=name, skip=seen))
+        return out
+
+    def _count(self, track: _Track) -> None:
+        """Make a pending track a standing violation: the job's next occurrence."""
+        self._occurrences += 1
+        self._distinct.add(track.rule.name)
+        track.standing = True
+        track.occurrence = self._occurrences
+
+    def _confirm(self, pod: str, track: _Track, now: float) -> Decision:
+        self._count(track)
+        track.action = self._judge(track, now)
+        return self._decision("new", pod, track, now)
+
+    def _judge(self, track: _Track, now: float) -> Action:
+        return choose_action(
+            self._enforcement,
+            Standing(
+                persisted_seconds=now - track.first_seen,
+                occurrences=self._occurrences,
+                distinct_rules=len(self._distinct),
+                severity=track.rule.severity,
+            ),
+        )
+
+    def _rejudge(
+        self, now: float, pod: str | None = None, skip: AbstractSet[tuple[str, str]] = frozenset()
+    ) -> list[Decision]:
+        """Re-judge the action of every standing violation (except `pod`'s keys in `skip`)."""
+        if not self._enforcement.escalation:
+            return []
+        out: list[Decision] = []
+        for name, state in self._pods.items():
+            for key, track in state.tracks.items():
+                if not track.standing or (name == pod and key in skip):
+                    continue
+                action = self._judge(track, now)
+                if action != track.action:
+                    track.action = action
+                    out.append(self._decision("updated", name, track, now))
+        return out
+
+    def _violation(self, pod: str, t: _Track) -> Violation:
+        return Violation(
+            rule=t.rule.name,
+            severity=t.rule.severity,
+            pod=pod,
+            identity=t.identity,
+            first_seen=t.first_seen,
+            last_seen=t.last_seen,
+            evidence=t.evidence,
+            occurrence=t.occurrence,
+        )
+
+    def _decision(self, kind: DecisionKind, pod: str, t: _Track, now: float) -> Decision:
+        return Decision(kind, self._violation(pod, t), t.action, self._dry_run, now)

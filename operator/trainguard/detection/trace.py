@@ -1,0 +1,52 @@
+"""Recorded traces: JSON Lines, one `Sample` a line. Parsing happens here, at the edge.
+
+A malformed line is reported with its line number and skipped; it never stops the reading (nor
+the engine). Blank lines are skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from trainguard.api.sample import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """A line of a trace that is not a sample."""
+
+    source: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.message}"
+
+
+def describe(err: ValidationError) -> str:
+    """A pydantic error as one line: `field.path: message` for each problem (at most three)."""
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(part) for part in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    more = err.error_count() - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_line(text: str | bytes) -> Sample:
+    """One sample from one JSON line (the fast path: pydantic-core parses and validates in one go)."""
+    return Sample.model_validate_json(text)
+
+
+def read_samples(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, Sample | LineError]]:
+    """(line number, sample or error) for each non-blank line."""
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            yield number, parse_line(text)
+        except ValidationError as err:
+            yield number, LineError(source, number, describe(err))
