@@ -1,0 +1,143 @@
+"""CPU time per sample and peak RSS of the sensor's collection.
+
+Two runs: a fake /proc with 500 processes and 2,000 sockets (generated into a temporary directory),
+and this machine's real /proc. Goals (issue #5): at most 10 ms of CPU per sample (1 % of one core
+at 1 Hz) and at most 50 MiB of resident memory. Each run builds full samples (collection, GPU
+attribution, the pydantic model) and serialises them to JSON, as the sensor does every tick.
+
+Peak RSS is the sensor's own process (this one, which imports only what `trainguard sensor` does),
+measured in a child process per run so that one run does not inflate the other.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainguard.sensor.gpu import NoGpuSource
+from trainguard.sensor.sampler import Sampler, SamplerSettings
+
+PROCESSES = 500
+SOCKETS = 2000
+CPU_GOAL_MS = 10.0
+RSS_GOAL_MIB = 50.0
+SAMPLES = 60
+
+HEADER_TCP = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+)
+HEADER_TCP6 = (
+    "  sl  local_address                         remote_address                        st tx_queue rx_queue "
+    "tr tm->when retrnsmt   uid  timeout inode\n"
+)
+HEADER_UDP = (
+    "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+    "pointer drops\n"
+)
+
+
+def _v4(rng: random.Random) -> str:
+    return f"{rng.getrandbits(32):08X}"
+
+
+def _v6(rng: random.Random) -> str:
+    return "".join(f"{rng.getrandbits(32):08X}" for _ in range(4))
+
+
+def make_fake_proc(root: Path, processes: int = PROCESSES, sockets: int = SOCKETS, seed: int = 5) -> None:
+    """A /proc tree with `processes` processes owning `sockets` sockets between them."""
+    rng = random.Random(seed)
+    pids = list(range(1, processes + 1))
+    for pid in pids:
+        d = root / str(pid)
+        (d / "fd").mkdir(parents=True)
+        ppid = 0 if pid == 1 else rng.randint(1, pid - 1)
+        name = rng.choice(["python", "bash", "torchrun", "sleep", "nccl-worker"])
+        fields = ["S", str(ppid), str(pid), str(pid), "0", "-1", "4194560"] + ["0"] * 12 + [str(1000 + pid)]
+        fields += ["0"] * 30
+        (d / "stat").write_text(f"{pid} ({name}) {' '.join(fields)}\n")
+        (d / "status").write_text(
+            f"Name:\t{name}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{pid}\nNgid:\t0\nPid:\t{pid}\n"
+            f"PPid:\t{ppid}\nTracerPid:\t0\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n"
+            "FDSize:\t64\nGroups:\t\nVmPeak:\t  123456 kB\nVmSize:\t  123456 kB\nVmRSS:\t   65432 kB\n"
+            "Threads:\t4\nSigQ:\t0/63432\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n"
+            "CapEff:\t0000000000000000\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n"
+            "NoNewPrivs:\t1\nSeccomp:\t2\nvoluntary_ctxt_switches:\t100\nnonvoluntary_ctxt_switches:\t7\n"
+        )
+        (d / "cmdline").write_bytes(f"{name}\0train.py\0--rank\0{pid}\0".encode())
+        for fd, target in enumerate(["/dev/null", f"pipe:[{pid}0]", f"pipe:[{pid}1]", "/tmp/log", "anon_inode:[eventfd]"]):
+            (d / "fd" / str(fd)).symlink_to(target)
+    tcp, tcp6, udp, udp6 = [HEADER_TCP], [HEADER_TCP6], [HEADER_UDP], [HEADER_UDP]
+    for n in range(sockets):
+        inode = 100_000 + n
+        owner = rng.choice(pids)
+        (root / str(owner) / "fd" / str(10 + n)).symlink_to(f"socket:[{inode}]")
+        kind = n % 10
+        state = "0A" if n % 7 == 0 else "01"
+        remote_port = "0000" if state == "0A" else f"{rng.randint(1, 65535):04X}"
+        tail = f"00000000:00000000 00:00000000 00000000  1000        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
+        if kind < 6:
+            remote = "00000000" if state == "0A" else _v4(rng)
+            tcp.append(f"{len(tcp) - 1:4d}: {_v4(rng)}:{rng.randint(1, 65535):04X} {remote}:{remote_port} {state} {tail}")
+        elif kind < 8:
+            remote = "0" * 32 if state == "0A" else _v6(rng)
+            tcp6.append(f"{len(tcp6) - 1:4d}: {_v6(rng)}:{rng.randint(1, 65535):04X} {remote}:{remote_port} {state} {tail}")
+        elif kind < 9:
+            udp.append(f"{len(udp) - 1:5d}: {_v4(rng)}:{rng.randint(1, 65535):04X} 00000000:0000 07 {tail}")
+        else:
+            udp6.append(f"{len(udp6) - 1:5d}: {_v6(rng)}:{rng.randint(1, 65535):04X} {'0' * 32}:0000 07 {tail}")
+    (root / "net").mkdir()
+    for name, lines in (("tcp", tcp), ("tcp6", tcp6), ("udp", udp), ("udp6", udp6)):
+        (root / "net" / name).write_text("".join(lines))
+
+
+def measure(proc_root: str, out: multiprocessing.queues.Queue[tuple[float, float, int, int, int]]) -> None:
+    """Child process: SAMPLES samples built and serialised; CPU ms per sample and peak RSS MiB."""
+    sampler = Sampler(
+        SamplerSettings(pod="bench/sensor", proc_root=proc_root, max_processes=100_000, max_connections=100_000),
+        NoGpuSource(),
+    )
+    sample, _ = sampler.tick()  # warm-up: imports, caches, thread start
+    sample.model_dump_json(by_alias=True)
+    cpu0 = time.process_time()
+    for _ in range(SAMPLES):
+        sample, _ = sampler.tick()
+        sample.model_dump_json(by_alias=True)
+    cpu_ms = (time.process_time() - cpu0) / SAMPLES * 1000
+    sampler.close()
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+    out.put((cpu_ms, peak_mib, len(sample.processes), len(sample.listening), len(sample.connections)))
+
+
+def run(label: str, proc_root: str) -> bool:
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: RSS of this run only
+    queue: multiprocessing.queues.Queue[tuple[float, float, int, int, int]] = ctx.Queue()
+    child = ctx.Process(target=measure, args=(proc_root, queue))
+    child.start()
+    cpu_ms, peak_mib, n_proc, n_listen, n_conn = queue.get(timeout=120)
+    child.join()
+    cpu_ok = cpu_ms <= CPU_GOAL_MS
+    rss_ok = peak_mib <= RSS_GOAL_MIB
+    print(f"{label}: {n_proc} processes, {n_listen} listening, {n_conn} connections per sample")
+    print(f"  CPU per sample: {cpu_ms:6.2f} ms   (goal <= {CPU_GOAL_MS:.0f} ms: {'met' if cpu_ok else 'NOT MET'})")
+    print(f"  peak RSS:       {peak_mib:6.1f} MiB  (goal <= {RSS_GOAL_MIB:.0f} MiB: {'met' if rss_ok else 'NOT MET'})")
+    return cpu_ok and rss_ok
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="trainguard-bench-proc-") as tmp:
+        make_fake_proc(Path(tmp))
+        fake_ok = run(f"fake /proc ({PROCESSES} processes, {SOCKETS} sockets)", tmp)
+    real_ok = run(f"real /proc of this machine ({os.cpu_count()} cores)", "/proc")
+    print("goals met" if fake_ok and real_ok else "goals NOT met (see above)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""GPU state: a small interface, NVML behind it, and a replay of a recorded trace.
+
+NVML (the `pynvml` module of `nvidia-ml-py`) has no mock, so everything above this module talks to
+`GpuSource`. Inside a container NVML reports *host* pids; `attribution` ties them to the pod's own
+processes. No source ever raises from `read()`: what it could not read is an error entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from trainguard.api.sample import GpuProcess, GpuSample, Sample
+from trainguard.sensor.errors import ErrorKind, SensorError
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """The GPUs at one moment, as a source sees them (process names not yet attributed)."""
+
+    gpus: list[GpuSample] = field(default_factory=list)
+    minor_numbers: dict[int, int] = field(default_factory=dict)
+    """GPU index -> the minor number of its device file (/dev/nvidia<minor>), where known."""
+    errors: list[SensorError] = field(default_factory=list)
+
+
+class GpuSource(Protocol):
+    """Where GPU state comes from. `read` must not raise; `close` releases what the source holds."""
+
+    def read(self) -> GpuReading: ...
+
+    def close(self) -> None: ...
+
+
+class NoGpuSource:
+    """`--gpu-source none`: GPUs are not watched; every sample has `gpus: []` and no error."""
+
+    def read(self) -> GpuReading:
+        return GpuReading()
+
+    def close(self) -> None:
+        return None
+
+
+class NvmlGpuSource:
+    """Reads every GPU NVML can see.
+
+    Without a driver `nvmlInit` raises (NVMLError_LibraryNotFound); the source then reports
+    `gpu_unavailable` each tick and retries the initialisation every `retry_s` seconds. A query that
+    a GPU does not support (power on some boards) leaves the field at 0 without an error.
+    """
+
+    def __init__(
+        self, nvml: ModuleType | Any, *, retry_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._nvml = nvml
+        self._retry_s = retry_s
+        self._clock = clock
+        self._initialised = False
+        self._next_try = 0.0
+        self._init_error = ""
+
+    def _ensure_initialised(self) -> bool:
+        if self._initialised:
+            return True
+        now = self._clock()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self._retry_s
+        try:
+            self._nvml.nvmlInit()
+        except self._nvml.NVMLError as exc:
+            self._init_error = f"NVML unavailable ({exc}); no GPU is reported"
+            return False
+        except OSError as exc:  # a broken library file
+            self._init_error = f"NVML unavailable ({exc}); no GPU is reported"
+            return False
+        self._initialised = True
+        return True
+
+    def read(self) -> GpuReading:
+        if not self._ensure_initialised():
+            return GpuReading(errors=[SensorError(ErrorKind.GPU_UNAVAILABLE, self._init_error)])
+        nvml = self._nvml
+        errors: list[SensorError] = []
+        try:
+            count = int(nvml.nvmlDeviceGetCount())
+        except nvml.NVMLError as exc:
+            return GpuReading(errors=[SensorError(ErrorKind.GPU_READ, f"device count: {exc}")])
+        gpus: list[GpuSample] = []
+        minors: dict[int, int] = {}
+        for index in range(count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            except nvml.NVMLError as exc:
+                errors.append(SensorError(ErrorKind.GPU_READ, f"GPU {index}: {exc}"))
+                continue
+            values, minor = self._read_device(index, handle, errors)
+            if minor is not None:
+                minors[index] = minor
+            try:
+                gpus.append(GpuSample.model_validate(values))
+            except ValidationError as exc:
+                errors.append(SensorError(ErrorKind.GPU_READ, f"GPU {index}: out of range ({exc.error_count()})"))
+        return GpuReading(gpus=gpus, minor_numbers=minors, errors=errors)
+
+    def _query(self, errors: list[SensorError], what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """call(*args), or None when NVML fails (an error entry unless the GPU does not support it)."""
+        try:
+            return call(*args)
+        except self._nvml.NVMLError as exc:
+            if getattr(exc, "value", None) != self._nvml.NVML_ERROR_NOT_SUPPORTED:
+                errors.append(SensorError(ErrorKind.GPU_READ, f"{what}: {exc}"))
+            return None
+
+    def _read_device(self, index: int, handle: Any, errors: list[SensorError]) -> tuple[dict[str, Any], int | None]:
+        """The GpuSample fields of one device, and its minor number."""
+        nvml = self._nvml
+        values: dict[str, Any] = {"index": index}
+        uuid = self._query(errors, f"GPU {index} uuid", nvml.nvmlDeviceGetUUID, handle)
+        if uuid is not None:
+            values["uuid"] = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        minor = self._query(errors, f"GPU {index} minor number", nvml.nvmlDeviceGetMinorNumber, handle)
+        rates = self._query(errors, f"GPU {index} utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
+        if rates is not None:
+            values["utilization"] = min(max(float(rates.gpu) / 100.0, 0.0), 1.0)
+        memory = self._query(errors, f"GPU {index} memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        if memory is not None:
+            values["memory_used_bytes"] = int(memory.used)
+            values["memory_total_bytes"] = int(memory.total)
+        power = self._query(errors, f"GPU {index} power", nvml.nvmlDeviceGetPowerUsage, handle)
+        if power is not None:
+            values["power_watts"] = float(power) / 1000.0  # NVML reports milliwatts
+        clock = self._query(errors, f"GPU {index} SM clock", nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM)
+        if clock is not None:
+            values["sm_clock_mhz"] = int(clock)
+        running = self._query(errors, f"GPU {index} processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        # usedGpuMemory is None where the driver cannot tell (pynvml maps NVML_VALUE_NOT_AVAILABLE to None).
+        values["processes"] = [
+            GpuProcess(pid=int(p.pid), used_memory_bytes=int(p.usedGpuMemory or 0)) for p in running or ()
+        ]
+        return values, None if minor is None else int(minor)
+
+    def close(self) -> None:
+        if self._initialised:
+            with contextlib.suppress(self._nvml.NVMLError):
+                self._nvml.nvmlShutdown()
+            self._initialised = False
+
+
+class TraceEnd(enum.StrEnum):
+    """What a replay does after the last sample of its trace."""
+
+    LOOP = "loop"
+    HOLD = "hold"
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be replayed."""
+
+
+def load_trace(path: Path) -> list[list[GpuSample]]:
+    """The `gpus` of every sample in a JSON Lines trace, in order; TraceError when it has none or a bad line."""
+    ticks: list[list[GpuSample]] = []
+    try:
+        with path.open("rb") as trace:
+            for number, line in enumerate(trace, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    ticks.append(list(Sample.model_validate_json(line).gpus))
+                except (ValidationError, json.JSONDecodeError) as exc:
+                    raise TraceError(f"{path}:{number}: not a sample ({exc})") from exc
+    except OSError as exc:
+        raise TraceError(f"{path}: {exc.strerror or exc}") from exc
+    if not ticks:
+        raise TraceError(f"{path}: no samples")
+    return ticks
+
+
+class ReplayGpuSource:
+    """Replays the `gpus` of a recorded trace, one sample per read, then loops or holds the last."""
+
+    def __init__(self, ticks: list[list[GpuSample]], end: TraceEnd = TraceEnd.LOOP) -> None:
+        if not ticks:
+            raise TraceError("a replay needs at least one sample")
+        self._ticks = ticks
+        self._end = end
+        self._position = 0
+
+    @classmethod
+    def from_file(cls, path: Path, end: TraceEnd = TraceEnd.LOOP) -> ReplayGpuSource:
+        return cls(load_trace(path), end)
+
+    def read(self) -> GpuReading:
+        gpus = self._ticks[self._position]
+        if self._position + 1 < len(self._ticks):
+            self._position += 1
+        elif self._end is TraceEnd.LOOP:
+            self._position = 0
+        return GpuReading(gpus=list(gpus))
+
+    def close(self) -> None:
+        return None

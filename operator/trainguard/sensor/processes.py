@@ -1,0 +1,357 @@
+"""The pod's processes and what they hold open, read from /proc.
+
+The pod spec shares one process namespace, so every process of the pod is a /proc/<pid> here.
+Parsers are pure functions of a file's text; `scan` walks a `proc_root` (a real /proc or a
+checked-in fake tree) and never raises for what it reads: a garbled file is an error entry, a
+process that exits between the listing and the read is simply gone.
+
+Files are opened relative to a directory descriptor for /proc/<pid>: it is cheaper than resolving
+the full path each time, and every read then refers to the same process even if the pid is reused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from trainguard.api.sample import ProcessInfo
+from trainguard.sensor.errors import ErrorKind, SensorError
+
+MAX_CMDLINE_BYTES = 4096
+"""A command line is read up to this many bytes (a process can make its own arbitrarily long)."""
+
+MAX_FILE_BYTES = 65536
+"""stat and status are read up to this many bytes; real ones are about 300 and 1,500."""
+
+_DEVICE_PREFIX = "/dev/nvidia"
+_SOCKET_PREFIX = "socket:["
+
+# Errors that mean "the process is gone": normal, never reported.
+_GONE = (errno.ENOENT, errno.ESRCH)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """One process as read from /proc: its sample entry and the start time that names it."""
+
+    info: ProcessInfo
+    starttime: int
+    """Clock ticks after boot (stat field 22): with the pid, it names one process for its lifetime."""
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+
+@dataclass(slots=True)
+class ProcessScan:
+    """What one walk of /proc found."""
+
+    processes: list[ProcessRecord] = field(default_factory=list)
+    socket_owners: dict[int, int] = field(default_factory=dict)
+    """Socket inode -> the lowest pid holding it."""
+    device_holders: dict[str, set[int]] = field(default_factory=dict)
+    """/dev/nvidia* path -> pids holding it open."""
+    errors: list[SensorError] = field(default_factory=list)
+    seen: int = 0
+    """How many pids /proc listed (before the cap)."""
+
+
+def parse_stat(text: str) -> tuple[int, str, int, int]:
+    """(pid, comm, ppid, starttime) from /proc/<pid>/stat; ValueError when it is not one.
+
+    comm sits between the first '(' and the last ')' and may itself contain spaces and parentheses.
+    """
+    open_paren = text.find("(")
+    close_paren = text.rfind(")")
+    if open_paren <= 0 or close_paren < open_paren:
+        raise ValueError("no (comm) field")
+    pid = int(text[:open_paren])
+    comm = text[open_paren + 1 : close_paren]
+    rest = text[close_paren + 1 :].split(None, 21)
+    # rest[0] is the state (field 3); ppid is field 4, starttime field 22.
+    if len(rest) < 20:
+        raise ValueError(f"{len(rest) + 2} fields, want at least 22")
+    if len(rest[0]) != 1:
+        raise ValueError(f"bad state {rest[0]!r}")
+    ppid = int(rest[1])
+    starttime = int(rest[19])
+    if pid < 0 or ppid < 0 or starttime < 0:
+        raise ValueError("negative pid, ppid or starttime")
+    return pid, comm, ppid, starttime
+
+
+def parse_status_uid(text: str) -> int:
+    """The real uid from /proc/<pid>/status (`Uid: real effective saved fs`); ValueError when absent."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line[4:].split()
+            if not fields:
+                break
+            uid = int(fields[0])
+            if uid < 0:
+                raise ValueError("negative uid")
+            return uid
+    raise ValueError("no Uid line")
+
+
+def parse_cmdline(raw: bytes) -> str:
+    """The arguments of /proc/<pid>/cmdline (NUL-separated) joined by spaces; undecodable bytes replaced."""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def parse_socket_inode(target: str) -> int | None:
+    """The inode of an fd link target `socket:[12345]`, or None for anything else."""
+    if target.startswith(_SOCKET_PREFIX) and target.endswith("]"):
+        digits = target[len(_SOCKET_PREFIX) : -1]
+        if digits.isascii() and digits.isdigit():
+            return int(digits)
+    return None
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def list_pids(proc_root: str) -> list[int]:
+    """The numeric entries of proc_root, ascending."""
+    return sorted(int(name) for name in os.listdir(proc_root) if name.isascii() and name.isdigit())
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the watcher remembers of one process between ticks."""
+
+    record: ProcessRecord
+    comm: str
+    fd_count: int
+    """st_size of /proc/<pid>/fd at the last fd scan: the number of open fds (Linux 6.2+; else constant)."""
+    sockets: tuple[int, ...] = ()
+    devices: tuple[str, ...] = ()
+    denied: bool = False
+
+
+@dataclass(slots=True)
+class _FdBudget:
+    left: int
+
+
+class ProcessWatcher:
+    """Walks a proc_root once per tick, re-reading only what may have changed.
+
+    Every tick reads each process's `stat` (pid, comm, ppid, start time) and the size of its fd
+    directory. `status` (uid) and `cmdline` are read when the process is new, when its comm changed
+    (an exec), and in a rolling full refresh that re-reads every process once per `refresh_every`
+    ticks. The fd links are read when the process is new, when its number of open fds changed, in the
+    rolling refresh, and for every process as soon as /proc/net shows a socket inode no known process
+    owns. So a new process, a new socket, and an exec are seen at the tick they happen; a process that
+    rewrites its own argv (same comm) or swaps one fd for another of the same count is seen within
+    `refresh_every` ticks.
+
+    At most `max_processes` processes (the lowest pids) and `max_fds` fd links per tick are read;
+    hitting either is an error entry. `exclude_device_holder` (the sensor's own pid: NVML opens the
+    device files too) never counts as a holder of a GPU.
+    """
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        *,
+        max_processes: int = 4096,
+        max_fds: int = 65536,
+        exclude_device_holder: int | None = None,
+        refresh_every: int = 10,
+    ) -> None:
+        self.proc_root = proc_root
+        self.max_processes = max_processes
+        self.max_fds = max_fds
+        self.exclude_device_holder = exclude_device_holder
+        self.refresh_every = max(1, refresh_every)
+        self._known: dict[int, _Known] = {}
+        self._unowned: set[int] = set()
+        """Socket inodes that a full fd scan found no owner for: they do not trigger another one."""
+        self._tick = 0
+
+    def scan(self, socket_inodes: set[int] | frozenset[int] = frozenset()) -> ProcessScan:
+        """The processes now, with the owners of `socket_inodes` (the inodes in /proc/net) where findable."""
+        result = ProcessScan()
+        tick = self._tick
+        self._tick += 1
+        try:
+            pids = list_pids(self.proc_root)
+        except OSError as exc:
+            result.errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}: {exc.strerror or exc}"))
+            return result
+        result.seen = len(pids)
+        if len(pids) > self.max_processes:
+            result.errors.append(
+                SensorError(
+                    ErrorKind.PROCESS_CAP,
+                    f"{len(pids)} processes, only the first {self.max_processes} (lowest pids) are reported",
+                )
+            )
+            pids = pids[: self.max_processes]
+        budget = _FdBudget(self.max_fds)
+        known: dict[int, _Known] = {}
+        fresh: set[int] = set()
+        for pid in pids:
+            refresh = pid % self.refresh_every == tick % self.refresh_every
+            entry = self._observe(
+                pid, self._known.get(pid), refresh=refresh, budget=budget, fresh=fresh, errors=result.errors
+            )
+            if entry is not None:
+                known[pid] = entry
+        self._known = known
+        owners = _owners(known)
+        unknown = {i for i in socket_inodes if i and i not in owners and i not in self._unowned}
+        if unknown:
+            for pid, entry in known.items():
+                if pid in fresh:
+                    continue
+                self._rescan_fds(pid, entry, budget, result.errors)
+                if not unknown.difference(entry.sockets):
+                    break
+                unknown.difference_update(entry.sockets)
+            owners = _owners(known)
+            unknown = {i for i in unknown if i not in owners}
+        self._unowned = (self._unowned & set(socket_inodes)) | unknown
+        result.socket_owners = owners
+        for pid, entry in known.items():
+            result.processes.append(entry.record)
+            for device in entry.devices:
+                result.device_holders.setdefault(device, set()).add(pid)
+        if budget.left <= 0:
+            result.errors.append(
+                SensorError(
+                    ErrorKind.FD_CAP,
+                    f"more than {self.max_fds} open files: some socket and GPU owners unknown",
+                )
+            )
+        denied = [pid for pid, entry in known.items() if entry.denied]
+        if denied:
+            shown = ", ".join(str(p) for p in denied[:8]) + (", ..." if len(denied) > 8 else "")
+            result.errors.append(
+                SensorError(
+                    ErrorKind.PROC_PERMISSION,
+                    f"cannot read the open files of {len(denied)} processes ({shown}): "
+                    "their sockets and GPUs are unattributed",
+                )
+            )
+        return result
+
+    def _observe(
+        self,
+        pid: int,
+        prev: _Known | None,
+        *,
+        refresh: bool,
+        budget: _FdBudget,
+        fresh: set[int],
+        errors: list[SensorError],
+    ) -> _Known | None:
+        """This tick's view of one process; None when it is gone or unreadable."""
+        base = f"{self.proc_root}/{pid}"
+        try:
+            stat_text = _read_file(f"{base}/stat", MAX_FILE_BYTES).decode("utf-8", "replace")
+            _, comm, ppid, starttime = parse_stat(stat_text)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
+            return None
+        except ValueError as exc:
+            errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: unparsable ({exc})"))
+            return None
+        if prev is not None and prev.record.starttime == starttime and prev.comm == comm and not refresh:
+            # The common case: the same process as last tick. Keep what was read, check the fds.
+            if prev.record.info.ppid != ppid:  # reparented: its parent exited
+                prev.record = ProcessRecord(prev.record.info.model_copy(update={"ppid": ppid}), starttime)
+            if prev.denied:
+                return prev  # its owner does not change often; the rolling refresh retries
+            entry = prev
+        else:
+            info = self._read_info(pid, comm, ppid, errors)
+            if info is None:
+                return None
+            entry = _Known(ProcessRecord(info, starttime), comm, -1)
+        try:
+            fd_count = os.stat(f"{base}/fd").st_size
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return None
+            fd_count = -1
+        if fd_count != entry.fd_count or fd_count < 0:
+            self._rescan_fds(pid, entry, budget, errors)
+            entry.fd_count = fd_count
+            fresh.add(pid)
+        return entry
+
+    def _read_info(self, pid: int, comm: str, ppid: int, errors: list[SensorError]) -> ProcessInfo | None:
+        base = f"{self.proc_root}/{pid}"
+        try:
+            status_text = _read_file(f"{base}/status", MAX_FILE_BYTES).decode("utf-8", "replace")
+            cmdline_raw = _read_file(f"{base}/cmdline", MAX_CMDLINE_BYTES)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                errors.append(SensorError(ErrorKind.PROC_READ, f"{base}: {exc.strerror}"))
+            return None
+        try:
+            uid = parse_status_uid(status_text)
+        except ValueError as exc:
+            errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/status: unparsable ({exc})"))
+            uid = -1
+        return ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=parse_cmdline(cmdline_raw), uid=uid)
+
+    def _rescan_fds(self, pid: int, entry: _Known, budget: _FdBudget, errors: list[SensorError]) -> None:
+        """Read pid's fd links: the sockets and /dev/nvidia* it holds go into entry."""
+        entry.denied = False
+        try:
+            fd_dir = os.open(f"{self.proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                entry.denied = True
+            elif exc.errno not in _GONE:
+                errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+            entry.sockets, entry.devices = (), ()
+            return
+        sockets: list[int] = []
+        devices: list[str] = []
+        try:
+            names = os.listdir(fd_dir)
+            for fd_name in names:
+                if budget.left <= 0:
+                    break
+                budget.left -= 1
+                try:
+                    target = os.readlink(fd_name, dir_fd=fd_dir)
+                except OSError as exc:
+                    if exc.errno in (errno.EACCES, errno.EPERM):
+                        entry.denied = True
+                        break
+                    continue  # closed since the listing, or not a link in a fake tree
+                if target.startswith(_SOCKET_PREFIX):
+                    inode = parse_socket_inode(target)
+                    if inode is not None:
+                        sockets.append(inode)
+                elif target.startswith(_DEVICE_PREFIX) and pid != self.exclude_device_holder:
+                    devices.append(target)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                entry.denied = True
+        finally:
+            os.close(fd_dir)
+        entry.sockets = tuple(sockets)
+        entry.devices = tuple(sorted(set(devices)))
+
+
+def _owners(known: dict[int, _Known]) -> dict[int, int]:
+    """Socket inode -> the lowest pid holding it (known is in pid order)."""
+    owners: dict[int, int] = {}
+    for pid, entry in known.items():
+        for inode in entry.sockets:
+            owners.setdefault(inode, pid)
+    return owners
