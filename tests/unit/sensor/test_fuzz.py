@@ -1,0 +1,97 @@
+"""Garbled /proc input yields error entries, never an exception."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trainguard.sensor import processes, sockets
+from trainguard.sensor.gpu import NoGpuSource
+from trainguard.sensor.sampler import Sampler, SamplerSettings
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+hexish = st.text(alphabet="0123456789ABCDEFabcdef:-x _+ \t²", max_size=40)
+one_line_text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Zl", "Zp", "Cs")), max_size=12)
+net_line = st.lists(st.one_of(hexish, one_line_text), min_size=0, max_size=14).map(" ".join)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_parse_stat_raises_only_value_error(text: str) -> None:
+    try:
+        pid, _comm, ppid, starttime = processes.parse_stat(text)
+    except ValueError:
+        return
+    assert pid >= 0 and ppid >= 0 and starttime >= 0
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_parse_status_uid_raises_only_value_error(text: str) -> None:
+    with contextlib.suppress(ValueError):
+        assert processes.parse_status_uid(text) >= 0
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_parse_cmdline_never_raises(raw: bytes) -> None:
+    assert isinstance(processes.parse_cmdline(raw), str)
+
+
+@FUZZ
+@given(st.lists(net_line, max_size=20), st.sampled_from(sockets.TABLES))
+def test_parse_table_never_raises_and_every_bad_line_is_an_error(lines: list[str], proto: str) -> None:
+    text = "header\n" + "\n".join(lines)
+    entries, errors = sockets.parse_table(text, proto, "little")
+    assert len(entries) + len(errors) == sum(1 for line in lines if line.strip())
+    scan = sockets.classify(entries, {}, max_sockets=5)
+    assert len(scan.listening) <= 5 and len(scan.connections) <= 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["stat", "status", "cmdline"]),
+            st.binary(max_size=200),
+        ),
+        max_size=6,
+    ),
+    st.lists(net_line, max_size=6),
+)
+def test_sampler_survives_a_garbled_tree(files: list[tuple[str, bytes]], lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        good = "5 (ok) S 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 50 0 0\n"
+        for pid in (5, 6):
+            (root / str(pid) / "fd").mkdir(parents=True)
+            (root / str(pid) / "stat").write_text(good.replace("5 (ok)", f"{pid} (ok)"))
+            (root / str(pid) / "status").write_text("Uid:\t1\t1\t1\t1\n")
+            (root / str(pid) / "cmdline").write_bytes(b"ok\0")
+        for name, content in files:
+            (root / "6" / name).write_bytes(content)
+        os.symlink("socket:[notanumber]", root / "6" / "fd" / "3")
+        (root / "net").mkdir()
+        (root / "net" / "tcp").write_text("header\n" + "\n".join(lines))
+        sampler = Sampler(SamplerSettings(pod="a/b", proc_root=tmp, interval_s=5.0), NoGpuSource())
+        try:
+            sample, _ = sampler.tick()
+        finally:
+            sampler.close()
+        assert 5 in [p.pid for p in sample.processes]
+        assert sample.seq == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 100, b"(" * 50, b"1 () Z" + b" 9" * 40])
+def test_odd_stat_contents(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "3" / "fd").mkdir(parents=True)
+    (tmp_path / "3" / "stat").write_bytes(content)
+    scan = processes.ProcessWatcher(str(tmp_path)).scan()
+    assert all(e.kind.value == "proc_read" for e in scan.errors)

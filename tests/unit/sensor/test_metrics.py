@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from trainguard.api.sample import Connection, GpuProcess, GpuSample, ListeningSocket, Sample
+from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.sensor.metrics import SensorMetrics
+
+
+def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+def test_metrics_follow_the_latest_sample() -> None:
+    two_gpus = Sample(
+        ts=1,
+        pod="a/b",
+        seq=0,
+        gpus=[
+            GpuSample(
+                index=0,
+                uuid="GPU-a",
+                utilization=0.97,
+                memory_used_bytes=5,
+                power_watts=300,
+                sm_clock_mhz=1980,
+                processes=[GpuProcess(pid=1, name="python"), GpuProcess(pid=2)],
+            ),
+            GpuSample(index=1, uuid="GPU-b"),
+        ],
+        listening=[ListeningSocket(proto="tcp", address="0.0.0.0", port=22, pid=3)],
+        connections=[
+            Connection(proto="tcp", local="a:1", remote="b:22", state="ESTABLISHED"),
+            Connection(proto="tcp", local="a:2", remote="b:22", state="ESTABLISHED"),
+            Connection(proto="udp", local="a:3", remote="b:53", state="ESTABLISHED"),
+        ],
+    )
+    latest = [two_gpus]
+    metrics = SensorMetrics(lambda: latest[0], lambda: 3)
+    metrics.observe([SensorError(ErrorKind.PROC_READ, "x"), SensorError(ErrorKind.PROC_READ, "y")], 0.004)
+    seen = parse(metrics.render())
+    gpu0 = (("gpu", "0"), ("uuid", "GPU-a"))
+    assert seen[("trainguard_sensor_gpu_utilization_ratio", gpu0)] == 0.97
+    assert seen[("trainguard_sensor_gpu_memory_used_bytes", gpu0)] == 5
+    assert seen[("trainguard_sensor_gpu_power_watts", gpu0)] == 300
+    assert seen[("trainguard_sensor_gpu_sm_clock_hertz", gpu0)] == 1.98e9
+    assert seen[("trainguard_sensor_gpu_processes", gpu0)] == 2
+    assert seen[("trainguard_sensor_gpu_unattributed_processes", gpu0)] == 1
+    assert seen[("trainguard_sensor_listening_sockets", (("proto", "tcp"),))] == 1
+    assert seen[("trainguard_sensor_connections", (("proto", "tcp"), ("state", "ESTABLISHED")))] == 2
+    assert seen[("trainguard_sensor_connections", (("proto", "udp"), ("state", "ESTABLISHED")))] == 1
+    assert seen[("trainguard_sensor_errors_total", (("kind", "proc_read"),))] == 2
+    assert seen[("trainguard_sensor_errors_total", (("kind", "gpu_stale"),))] == 0
+    assert seen[("trainguard_sensor_sample_duration_seconds_count", ())] == 1
+    assert seen[("trainguard_sensor_stream_clients", ())] == 3
+    assert not any("pid" in dict(labels) for _, labels in seen)
+
+    latest[0] = two_gpus.model_copy(update={"gpus": two_gpus.gpus[:1]})  # GPU 1 went away
+    after = parse(metrics.render())
+    assert not any(dict(labels).get("uuid") == "GPU-b" for _, labels in after)
+    assert any(dict(labels).get("uuid") == "GPU-a" for _, labels in after)
+
+
+def test_before_the_first_sample_only_sensor_metrics() -> None:
+    seen = parse(SensorMetrics(lambda: None, lambda: 0).render())
+    assert not any(name.startswith("trainguard_sensor_gpu") for name, _ in seen)
+    assert seen[("trainguard_sensor_samples_total", ())] == 0

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.unit.sensor.conftest import real_listener_pid
+from trainguard.sensor import processes
+from trainguard.sensor.errors import ErrorKind
+
+
+def test_parse_stat_reads_pid_comm_ppid_starttime() -> None:
+    text = "7 (python) S 1 7 7 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 200 12345678 300 18446744073709551615\n"
+    assert processes.parse_stat(text) == (7, "python", 1, 200)
+
+
+def test_parse_stat_comm_may_hold_spaces_and_parentheses() -> None:
+    text = "15 ((weird) name )) S 1 15 15 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 500 0 0\n"
+    assert processes.parse_stat(text) == (15, "(weird) name )", 1, 500)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "20 (garbled S 1 2\n",
+        "7 (python) S 1 7\n",
+        "x (python) S 1" + " 0" * 30,
+        "7 (p) SS 1" + " 0" * 30,
+    ],
+)
+def test_parse_stat_rejects_what_is_not_a_stat_line(text: str) -> None:
+    with pytest.raises(ValueError):
+        processes.parse_stat(text)
+
+
+def test_parse_status_uid_is_the_real_uid() -> None:
+    assert processes.parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n") == 1000
+    with pytest.raises(ValueError):
+        processes.parse_status_uid("Name:\tx\n")
+
+
+def test_parse_cmdline_joins_arguments_and_survives_bad_bytes() -> None:
+    assert processes.parse_cmdline(b"python\0train.py\0--epochs\x003\0") == "python train.py --epochs 3"
+    assert processes.parse_cmdline(b"weird\0\xff\0") == "weird \ufffd"
+    assert processes.parse_cmdline(b"") == ""
+
+
+def test_parse_socket_inode() -> None:
+    assert processes.parse_socket_inode("socket:[12345]") == 12345
+    assert processes.parse_socket_inode("socket:[²]") is None
+    assert processes.parse_socket_inode("pipe:[12]") is None
+
+
+def test_scan_of_handmade_tree(handmade: str) -> None:
+    scan = processes.ProcessWatcher(handmade).scan()
+    by_pid = {r.pid: r.info for r in scan.processes}
+    assert sorted(by_pid) == [1, 7, 9, 12, 15, 21]  # 20 has a garbled stat, "self" is not a pid
+    assert by_pid[7].cmdline == "python train.py --epochs 3"
+    assert (by_pid[7].ppid, by_pid[7].uid, by_pid[7].name) == (1, 1000, "python")
+    assert by_pid[12].name == "xmrig"
+    assert by_pid[15].name == "(weird) name )"
+    assert by_pid[21].uid == -1  # no Uid line
+    kinds = [e.kind for e in scan.errors]
+    assert kinds.count(ErrorKind.PROC_READ) == 2
+    assert any("20/stat" in e.message for e in scan.errors)
+    assert scan.socket_owners == {1001: 7, 1003: 7, 1005: 7, 1002: 9, 1004: 12}
+    assert scan.device_holders["/dev/nvidia0"] == {7, 12}
+    assert scan.device_holders["/dev/nvidiactl"] == {7, 12}
+
+
+def test_scan_of_real_capture(real: str) -> None:
+    pid = real_listener_pid()
+    scan = processes.ProcessWatcher(real).scan()
+    info = {r.pid: r.info for r in scan.processes}
+    assert set(info) == {1, pid}
+    assert info[pid].name == "python3"
+    assert info[pid].cmdline.endswith("python3 -")
+    assert len(scan.socket_owners) == 5 and set(scan.socket_owners.values()) == {pid}
+    assert scan.errors == []
+
+
+def test_own_pid_is_never_a_gpu_holder(handmade: str) -> None:
+    scan = processes.ProcessWatcher(handmade, exclude_device_holder=12).scan()
+    assert scan.device_holders["/dev/nvidia0"] == {7}
+
+
+def test_process_cap_keeps_lowest_pids_and_says_so(handmade: str) -> None:
+    scan = processes.ProcessWatcher(handmade, max_processes=2).scan()
+    assert [r.pid for r in scan.processes] == [1, 7]
+    assert [e.kind for e in scan.errors] == [ErrorKind.PROCESS_CAP]
+    assert scan.seen == 7
+
+
+def test_fd_budget_is_reported(handmade: str) -> None:
+    scan = processes.ProcessWatcher(handmade, max_fds=3).scan()
+    assert ErrorKind.FD_CAP in [e.kind for e in scan.errors]
+
+
+def _copy(src: str, tmp_path: Path) -> Path:
+    dst = tmp_path / "proc"
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def test_vanished_process_is_not_an_error(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    (root / "99").mkdir()  # listed, but its files are gone: it exited between listing and reading
+    scan = processes.ProcessWatcher(str(root)).scan()
+    assert 99 not in [r.pid for r in scan.processes]
+    assert not any("99" in e.message for e in scan.errors)
+
+
+def test_watcher_sees_a_new_socket_of_a_known_process_at_once(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    watcher = processes.ProcessWatcher(str(root), refresh_every=1000)
+    first = watcher.scan({1001, 1002})
+    assert 4242 not in first.socket_owners
+    os.symlink("socket:[4242]", root / "9" / "fd" / "9")  # same fd count on ext4: only the inode tells
+    second = watcher.scan({1001, 1002, 4242})
+    assert second.socket_owners[4242] == 9
+    # An inode nobody owns is searched for once, not at every tick.
+    third = watcher.scan({1001, 4242, 777})
+    assert 777 not in third.socket_owners
+    assert 777 in watcher._unowned
+
+
+def test_watcher_rereads_cmdline_after_an_exec(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    watcher = processes.ProcessWatcher(str(root), refresh_every=1000)
+    watcher.scan()
+    stat = (root / "9" / "stat").read_text().replace("(ssh)", "(xmrig)")
+    (root / "9" / "stat").write_text(stat)
+    (root / "9" / "cmdline").write_bytes(b"xmrig\0--donate-level\x001\0")
+    info = {r.pid: r.info for r in watcher.scan().processes}
+    assert (info[9].name, info[9].cmdline) == ("xmrig", "xmrig --donate-level 1")
+
+
+def test_rolling_refresh_catches_an_argv_rewrite(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    watcher = processes.ProcessWatcher(str(root), refresh_every=3)
+    watcher.scan()
+    (root / "9" / "cmdline").write_bytes(b"ssh\0harmless\0")
+    seen = [next(r.info.cmdline for r in watcher.scan().processes if r.pid == 9) for _ in range(3)]
+    assert seen[-1] == "ssh harmless"
+
+
+def test_missing_proc_root_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    scan = processes.ProcessWatcher(str(tmp_path / "nope")).scan()
+    assert scan.processes == [] and [e.kind for e in scan.errors] == [ErrorKind.PROC_READ]
+
+
+def test_real_proc_lists_this_process() -> None:
+    scan = processes.ProcessWatcher("/proc").scan()
+    me = next(r.info for r in scan.processes if r.pid == os.getpid())
+    assert me.uid == os.getuid()
+    assert "pytest" in me.cmdline or "python" in me.cmdline
