@@ -7,13 +7,13 @@ lookup after the first time.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Set
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from trainguard.api.v1alpha1 import Debounce, EgressRule, Policy
 from trainguard.detection.context import EngineContext
-from trainguard.detection.endpoints import Endpoint, IPAddress, parse_ip
-from trainguard.detection.patterns import DEFAULT_DENIED, DEFAULT_TUNNEL_PATTERNS, PatternSet
+from trainguard.detection.endpoints import Endpoint, EndpointCache, IPAddress, parse_ip
+from trainguard.detection.patterns import DEFAULT_DENIED, DEFAULT_TUNNEL_PATTERNS, Pattern, PatternSet
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -77,15 +77,13 @@ def _destination(index: int, rule: EgressRule, ctx: EngineContext, cluster: tupl
 
 
 class EgressJudge:
-    """Whether the policy allows an outbound connection to an endpoint, cached per (endpoint, protocol).
+    """Whether the policy's egress rules or DNS allow an outbound connection to an endpoint.
 
-    The job's own pods (`allowIntraJob`) are judged outside the cache, since the set grows as pods
-    are seen.
+    The job's own pods (`allowIntraJob`) are judged by the rules, against a set that grows as pods
+    are seen; callers cache the verdicts (see `CompiledPolicy.connection`).
     """
 
-    LIMIT = 16384
-
-    __slots__ = ("_cache", "allow_dns", "allow_intra_job", "destinations", "dns")
+    __slots__ = ("allow_dns", "allow_intra_job", "destinations", "dns")
 
     def __init__(self, policy: Policy, ctx: EngineContext) -> None:
         net = policy.network
@@ -97,24 +95,9 @@ class EgressJudge:
         self.dns: frozenset[IPAddress] | None = (
             frozenset(parse_ip(i) for i in ctx.dns_resolvers) if ctx.dns_resolvers else None
         )
-        self._cache: dict[tuple[Endpoint, str], str | None] = {}
 
-    def allowed_by(self, remote: Endpoint, protocol: str, job_ips: Set[IPAddress]) -> str | None:
-        """What allows the connection ('intra-job', 'dns', 'egress[i]'), or None when nothing does."""
-        if self.allow_intra_job and remote.ip in job_ips:
-            return "intra-job"
-        key = (remote, protocol)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        verdict = self._judge(remote, protocol)
-        if len(self._cache) >= self.LIMIT:
-            self._cache.clear()
-        self._cache[key] = verdict
-        return verdict
-
-    def _judge(self, remote: Endpoint, protocol: str) -> str | None:
+    def allowed_by(self, remote: Endpoint, protocol: str) -> str | None:
+        """What allows the connection ('dns', 'egress[i]'), or None when nothing does (intra-job aside)."""
         dns_port = remote.port == 53 and protocol in ("UDP", "TCP")
         if self.allow_dns and dns_port and (self.dns is None or remote.ip in self.dns):
             return "dns"
@@ -126,6 +109,51 @@ class EgressJudge:
     def names_port(self, remote: Endpoint, protocol: str) -> bool:
         """True when an egress rule covering the address lists this port explicitly."""
         return any(d.ports.names(remote.port, protocol) and d.covers(remote.ip) for d in self.destinations)
+
+
+#: TCP states of an outbound connection that is up (UDP sockets with a peer have no state or
+#: ESTABLISHED, depending on how the sensor reads them).
+ESTABLISHED_STATES = frozenset({"ESTABLISHED", ""})
+#: ... and of one being attempted (`net.tunnel` counts attempts: the intent is the finding).
+ATTEMPT_STATES = frozenset({"ESTABLISHED", "", "SYN_SENT"})
+SSH_PORT = 22
+
+
+class ProcessFacts(NamedTuple):
+    """What the policy says about a process (name, command line)."""
+
+    #: The first denied pattern it matches (`process.denied`), or None.
+    denied: Pattern | None
+    #: The first tunnel-tool pattern it matches (`net.tunnel`, with `forbidTunnels`), or None.
+    tunnel: Pattern | None
+    #: With `processes.allowed`: it matches none, is not plumbing, and is not denied.
+    unexpected: bool
+    #: With `gpu.allowedProcesses`: its name matches none (only meaningful on a GPU).
+    gpu_unexpected: bool
+
+    @property
+    def flagged(self) -> bool:
+        return self.denied is not None or self.tunnel is not None or self.unexpected or self.gpu_unexpected
+
+
+CLEAN_PROCESS = ProcessFacts(None, None, unexpected=False, gpu_unexpected=False)
+
+
+class RemoteFacts(NamedTuple):
+    """What the policy says about a remote endpoint reached over a protocol, apart from whether it
+    is one of the job's pods (a set that grows as pods are seen)."""
+
+    #: The parsed remote, or None when it could not be parsed.
+    remote: Endpoint | None
+    #: The remote as it is reported in evidence and keys a violation.
+    text: str
+    #: The remote address packed (for the job's pod set), or None.
+    ip_key: bytes | None
+    loopback: bool
+    #: What allows it ('dns', 'egress[i]'), not counting the job's own pods; None if nothing.
+    allowed: str | None
+    #: 'ssh' or 'miner-pool port' when the remote port is one, and no egress rule names it; else None.
+    tunnel: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +169,19 @@ class CompiledPolicy:
     """The policy, its patterns compiled and its networks parsed, plus the context it is judged in."""
 
     __slots__ = (
+        "_remotes",
         "allowed",
         "context",
         "debounce",
         "denied",
         "egress",
+        "endpoints",
         "gpu_allowed",
         "gpu_bounds",
+        "listen_exempt_cache",
         "listen_ports",
         "policy",
+        "process_cache",
         "tunnels",
     )
 
@@ -159,7 +191,7 @@ class CompiledPolicy:
         procs = policy.processes
         self.denied = PatternSet([*(DEFAULT_DENIED if procs.use_default_denied else ()), *procs.denied])
         self.allowed = PatternSet(procs.allowed) if procs.allowed is not None else None
-        self.tunnels = PatternSet(DEFAULT_TUNNEL_PATTERNS)
+        self.tunnels = PatternSet(DEFAULT_TUNNEL_PATTERNS) if policy.network.forbid_tunnels else None
         gpu = policy.gpu
         self.gpu_allowed = PatternSet(gpu.allowed_processes) if gpu.allowed_processes is not None else None
         inf = float("inf")
@@ -169,5 +201,79 @@ class CompiledPolicy:
             gpu.max_power_watts if gpu.max_power_watts is not None else inf,
         )
         self.egress = EgressJudge(policy, context)
+        self.endpoints = EndpointCache()
+        self._remotes: dict[str, dict[str, RemoteFacts]] = {}
+        self.listen_exempt_cache: dict[int, bool] = {}
+        self.process_cache: dict[str, dict[str, ProcessFacts]] = {}
         self.listen_ports: frozenset[int] = frozenset(policy.network.listen_ports)
         self.debounce: Debounce = policy.enforcement.debounce
+
+    #: Remotes whose facts are kept (per protocol) before the cache is emptied.
+    REMOTE_CACHE_LIMIT = 16384
+
+    def remote(self, remote: str, proto: str) -> RemoteFacts:
+        """The policy's facts about a remote endpoint over a sensor protocol (tcp, udp6...), cached."""
+        by_remote = self._remotes.get(proto)
+        if by_remote is None:
+            by_remote = self._remotes[proto] = {}
+        facts = by_remote.get(remote)
+        if facts is not None:
+            return facts
+        ep = self.endpoints.get(remote)
+        protocol = PROTOCOLS.get(proto, "TCP")
+        tunnel: str | None = None
+        suspect = ep is not None and (ep.port == SSH_PORT or ep.port in self.context.miner_pool_ports)
+        if ep is not None and suspect and not self.egress.names_port(ep, protocol):
+            tunnel = "ssh" if ep.port == SSH_PORT else "miner-pool port"
+        facts = RemoteFacts(
+            remote=ep,
+            text=str(ep) if ep is not None else remote,
+            ip_key=ep.ip.packed if ep is not None else None,
+            loopback=ep is not None and ep.ip.is_loopback,
+            allowed=self.egress.allowed_by(ep, protocol) if ep is not None else None,
+            tunnel=tunnel,
+        )
+        if len(by_remote) >= self.REMOTE_CACHE_LIMIT:
+            by_remote.clear()
+        by_remote[remote] = facts
+        return facts
+
+    #: Processes whose facts are kept before the cache is emptied.
+    PROCESS_CACHE_LIMIT = 8192
+
+    def process(self, name: str, cmdline: str) -> ProcessFacts:
+        """The policy's facts about a process, cached per (command line, name)."""
+        by_name = self.process_cache.get(cmdline)
+        if by_name is not None:
+            facts = by_name.get(name)
+            if facts is not None:
+                return facts
+        denied = self.denied.first_match(name, cmdline)
+        tunnel = self.tunnels.first_match(name, cmdline) if self.tunnels is not None else None
+        unexpected = (
+            self.allowed is not None
+            and denied is None
+            and name not in self.context.infrastructure_processes
+            and self.allowed.first_match(name, cmdline) is None
+        )
+        # GPU patterns are process-name patterns: the name stands in for the command line too.
+        gpu_unexpected = self.gpu_allowed is not None and self.gpu_allowed.first_match(name, name) is None
+        facts = ProcessFacts(denied, tunnel, unexpected=unexpected, gpu_unexpected=gpu_unexpected)
+        if facts == CLEAN_PROCESS:
+            facts = CLEAN_PROCESS
+        if len(self.process_cache) >= self.PROCESS_CACHE_LIMIT:
+            self.process_cache.clear()
+        self.process_cache.setdefault(cmdline, {})[name] = facts
+        return facts
+
+    def listen_exempt(self, port: int) -> bool:
+        """A listener on this port is no violation: declared, the sensor's, or in the ephemeral range."""
+        exempt = self.listen_exempt_cache.get(port)
+        if exempt is None:
+            eph = self.context.ephemeral_ports
+            exempt = self.listen_exempt_cache[port] = (
+                port in self.listen_ports
+                or port == self.context.sensor_port
+                or (eph is not None and eph[0] <= port <= eph[1])
+            )
+        return exempt

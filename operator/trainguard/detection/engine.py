@@ -34,9 +34,17 @@ from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import Action, Monitoring, Policy
 from trainguard.detection.compiled import CompiledPolicy
 from trainguard.detection.context import EngineContext
-from trainguard.detection.endpoints import EndpointCache, IPAddress, parse_ip
+from trainguard.detection.endpoints import parse_ip
 from trainguard.detection.escalation import Standing, choose_action
-from trainguard.detection.rules import CHAIN, RULES, SENSOR_SILENT, Rule, RuleInput, sensor_silent
+from trainguard.detection.rules import (
+    CHAIN,
+    RULES,
+    SENSOR_SILENT,
+    Rule,
+    RuleInput,
+    active_sections,
+    sensor_silent,
+)
 from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
 from trainguard.detection.window import Window
 
@@ -100,11 +108,11 @@ class Engine:
         self.clock = clock
         self.monitoring = monitoring or Monitoring()
         self._chain: tuple[Rule, ...] = tuple(r for r in CHAIN if r.enabled(self.policy))
-        self._checks = tuple(r.check for r in self._chain)
+        self._checks = tuple((r.sections, r.check) for r in self._chain)
         self._pods: dict[str, _Pod] = {}
-        self._job_ips: set[IPAddress] = {parse_ip(i) for i in self.context.job_pod_ips}
+        self._job_ips: set[bytes] = {parse_ip(i).packed for i in self.context.job_pod_ips}
         self._learned_locals: set[str] = set()
-        self._endpoints = EndpointCache()
+        self._quiet: dict[str, set[str]] = {}
         self._occurrences = 0
         self._distinct: set[str] = set()
         enforcement = policy.enforcement
@@ -133,18 +141,21 @@ class Engine:
             pod = self._pods[sample.pod] = _Pod(Window(self.context.mining), now)
         pod.last_heard = now
         pod.window.push(sample)
-        if self.context.learn_pod_ips and sample.connections:
+        # A pod's addresses rarely change: learn from its first samples, then from every 16th.
+        if (
+            self.context.learn_pod_ips
+            and sample.connections
+            and (pod.window.samples < 4 or pod.window.samples % 16 == 0)
+        ):
             self._learn(sample)
         inp = RuleInput(
-            sample=sample,
-            window=pod.window,
-            policy=self.policy,
-            now=now,
-            job_ips=self._job_ips,
-            endpoints=self._endpoints,
+            sample=sample, window=pod.window, policy=self.policy, now=now, job_ips=self._job_ips, quiet=self._quiet
         )
         findings: list[Finding] | None = None
-        for check in self._checks:
+        active = active_sections(inp)
+        for sections, check in self._checks if active else ():
+            if not sections & active:
+                continue
             found = check(inp)
             if found:
                 if findings is None:
@@ -203,9 +214,9 @@ class Engine:
             if c.local in learned:
                 continue
             learned.add(c.local)
-            ep = self._endpoints.get(c.local)
+            ep = self.policy.endpoints.get(c.local)
             if ep is not None and not ep.ip.is_loopback and not ep.ip.is_unspecified:
-                self._job_ips.add(ep.ip)
+                self._job_ips.add(ep.ip.packed)
 
     def _follow(self, name: str, pod: _Pod, findings: list[Finding], ts: float) -> list[Decision]:
         """Debounce, de-duplicate and decide, given this sample's findings for the pod."""

@@ -15,10 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 
-from trainguard.api.sample import Connection, Sample
+from trainguard.api.sample import Connection, GpuProcess, ProcessInfo, Sample
 from trainguard.api.v1alpha1 import Severity
-from trainguard.detection.compiled import PROTOCOLS, CompiledPolicy
-from trainguard.detection.endpoints import Endpoint, EndpointCache, IPAddress
+from trainguard.detection.compiled import (
+    ATTEMPT_STATES,
+    CLEAN_PROCESS,
+    ESTABLISHED_STATES,
+    CompiledPolicy,
+    ProcessFacts,
+    RemoteFacts,
+)
 from trainguard.detection.violation import Evidence, Finding
 from trainguard.detection.window import Window
 
@@ -36,19 +42,14 @@ SENSOR_SILENT = "sensor.silent"
 SENSOR_RESTARTED = "sensor.restarted"
 
 NOTHING: tuple[Finding, ...] = ()
-
-#: TCP states of an outbound connection that is up (UDP sockets with a peer have no state or
-#: ESTABLISHED, depending on how the sensor reads them).
-ESTABLISHED_STATES = frozenset({"ESTABLISHED", ""})
-#: ... and of one being attempted (`net.tunnel` counts attempts: the intent is the finding).
-ATTEMPT_STATES = frozenset({"ESTABLISHED", "", "SYN_SENT"})
-SSH_PORT = 22
+#: Quiet remotes kept per protocol before the set is emptied.
+QUIET_LIMIT = 16384
 
 
 class RuleInput:
     """What a rule sees: the latest sample, the pod's window (the sample included), the policy, the time."""
 
-    __slots__ = ("endpoints", "job_ips", "now", "policy", "sample", "window")
+    __slots__ = ("flagged", "flagged_gpu", "job_ips", "now", "outbound", "policy", "quiet", "sample", "window")
 
     def __init__(
         self,
@@ -57,18 +58,23 @@ class RuleInput:
         window: Window,
         policy: CompiledPolicy,
         now: float,
-        job_ips: Set[IPAddress],
-        endpoints: EndpointCache,
+        job_ips: Set[bytes],
+        quiet: dict[str, set[str]],
     ) -> None:
         self.sample = sample
         self.window = window
         self.policy = policy
         #: The injected clock's time when the sample is evaluated.
         self.now = now
-        #: The IPs of the job's pods (declared in the context, and learned from samples).
+        #: The IPs of the job's pods, packed (declared in the context, and learned from samples).
         self.job_ips = job_ips
-        #: A shared cache of parsed endpoints.
-        self.endpoints = endpoints
+        #: The outbound connections, computed by the first network rule that asks.
+        #: Remotes (by protocol) that can never be a network finding; the engine keeps it.
+        self.quiet = quiet
+        self.outbound: list[tuple[Connection, RemoteFacts]] | None = None
+        #: The processes (and GPU processes) the policy flags, computed by the first rule that asks.
+        self.flagged: list[tuple[ProcessInfo, ProcessFacts]] | None = None
+        self.flagged_gpu: list[tuple[int, GpuProcess, ProcessFacts]] | None = None
 
 
 Check = Callable[[RuleInput], Sequence[Finding]]
@@ -86,6 +92,8 @@ class Rule:
     check: Check
     #: Whether the rule can find anything under this policy (rules that cannot are not run).
     enabled: Callable[[CompiledPolicy], bool]
+    #: The sections of a sample it looks at (bit mask, see `active_sections`).
+    sections: int
     summary: str
 
 
@@ -96,55 +104,73 @@ def _process_evidence(pid: int, name: str, cmdline: str, **extra: str | int | fl
 # --- processes -------------------------------------------------------------------------------
 
 
+def _flagged_processes(inp: RuleInput) -> list[tuple[ProcessInfo, ProcessFacts]]:
+    """The sample's processes that the policy has anything to say about (usually none).
+
+    Computed once per sample, shared by the process rules and `net.tunnel`.
+    """
+    out = inp.flagged
+    if out is None:
+        policy = inp.policy
+        cache = policy.process_cache
+        out = inp.flagged = []
+        for p in inp.sample.processes:
+            # The policy's cache, read inline: this loop runs for every process of every sample.
+            by_name = cache.get(p.cmdline)
+            f = by_name.get(p.name) if by_name is not None else None
+            if f is None:
+                f = policy.process(p.name, p.cmdline)
+            if f is not CLEAN_PROCESS:
+                out.append((p, f))
+    return out
+
+
+def _flagged_gpu_processes(inp: RuleInput) -> list[tuple[int, GpuProcess, ProcessFacts]]:
+    """(GPU index, process, facts) for the GPU processes the policy has anything to say about."""
+    out = inp.flagged_gpu
+    if out is None:
+        policy = inp.policy
+        cache = policy.process_cache
+        out = inp.flagged_gpu = []
+        for g in inp.sample.gpus:
+            for gp in g.processes:
+                by_name = cache.get(gp.cmdline)
+                f = by_name.get(gp.name) if by_name is not None else None
+                if f is None:
+                    f = policy.process(gp.name, gp.cmdline)
+                if f is not CLEAN_PROCESS:
+                    out.append((g.index, gp, f))
+    return out
+
+
 def process_denied(inp: RuleInput) -> Sequence[Finding]:
     """A process whose name or command line matches a denied pattern (the policy's, plus the shipped
     list of miners and tunnel tools unless `useDefaultDenied: false`). GPU processes are checked too:
     a process on the pod's GPU may be invisible in the pod's own process list."""
-    denied = inp.policy.denied
     found: list[Finding] | None = None
-    s = inp.sample
-    for p in s.processes:
-        m = denied.first_match(p.name, p.cmdline)
-        if m is not None:
+    for p, f in _flagged_processes(inp):
+        if f.denied is not None:
             found = found or []
-            found.append(
-                Finding(
-                    PROCESS_DENIED,
-                    p.name or p.cmdline[:64],
-                    _process_evidence(p.pid, p.name, p.cmdline, pattern=m.text),
-                )
-            )
-    for g in s.gpus:
-        for gp in g.processes:
-            m = denied.first_match(gp.name, gp.cmdline)
-            if m is not None:
-                found = found or []
-                found.append(
-                    Finding(
-                        PROCESS_DENIED,
-                        gp.name or gp.cmdline[:64],
-                        _process_evidence(gp.pid, gp.name, gp.cmdline, pattern=m.text, gpu=g.index),
-                    )
-                )
+            evidence = _process_evidence(p.pid, p.name, p.cmdline, pattern=f.denied.text)
+            found.append(Finding(PROCESS_DENIED, p.name or p.cmdline[:64], evidence))
+    for index, gp, f in _flagged_gpu_processes(inp):
+        if f.denied is not None:
+            found = found or []
+            evidence = _process_evidence(gp.pid, gp.name, gp.cmdline, pattern=f.denied.text, gpu=index)
+            found.append(Finding(PROCESS_DENIED, gp.name or gp.cmdline[:64], evidence))
     return found or NOTHING
 
 
 def process_unexpected(inp: RuleInput) -> Sequence[Finding]:
     """With `processes.allowed` set: a process that matches none of the allowed patterns. The pod's
     plumbing (pause, the sensor) is exempt, and so are denied processes (`process.denied` has them)."""
-    allowed = inp.policy.allowed
-    if allowed is None:
-        return NOTHING
-    infra = inp.policy.context.infrastructure_processes
-    denied = inp.policy.denied
     found: list[Finding] | None = None
-    for p in inp.sample.processes:
-        if allowed.first_match(p.name, p.cmdline) is not None or p.name in infra:
-            continue
-        if denied.first_match(p.name, p.cmdline) is not None:
-            continue
-        found = found or []
-        found.append(Finding(PROCESS_UNEXPECTED, p.name or p.cmdline[:64], _process_evidence(p.pid, p.name, p.cmdline)))
+    for p, f in _flagged_processes(inp):
+        if f.unexpected:
+            found = found or []
+            found.append(
+                Finding(PROCESS_UNEXPECTED, p.name or p.cmdline[:64], _process_evidence(p.pid, p.name, p.cmdline))
+            )
     return found or NOTHING
 
 
@@ -155,23 +181,12 @@ def gpu_process_unexpected(inp: RuleInput) -> Sequence[Finding]:
     """With `gpu.allowedProcesses` set: a process on a GPU whose name matches none of the patterns.
     A GPU process the sensor could not attribute (no name) matches nothing: something outside the
     pod's view is using its GPU."""
-    allowed = inp.policy.gpu_allowed
-    if allowed is None:
-        return NOTHING
     found: list[Finding] | None = None
-    for g in inp.sample.gpus:
-        for gp in g.processes:
-            if allowed.first_match(gp.name, gp.name) is None:
-                found = found or []
-                found.append(
-                    Finding(
-                        GPU_PROCESS_UNEXPECTED,
-                        gp.name or "(unattributed)",
-                        _process_evidence(
-                            gp.pid, gp.name, gp.cmdline, gpu=g.index, usedMemoryBytes=gp.used_memory_bytes
-                        ),
-                    )
-                )
+    for index, gp, f in _flagged_gpu_processes(inp):
+        if f.gpu_unexpected:
+            found = found or []
+            evidence = _process_evidence(gp.pid, gp.name, gp.cmdline, gpu=index, usedMemoryBytes=gp.used_memory_bytes)
+            found.append(Finding(GPU_PROCESS_UNEXPECTED, gp.name or "(unattributed)", evidence))
     return found or NOTHING
 
 
@@ -273,27 +288,47 @@ def gpu_mining_signature(inp: RuleInput) -> Sequence[Finding]:
 # --- network ---------------------------------------------------------------------------------
 
 
-def _outbound(inp: RuleInput, states: frozenset[str]) -> list[tuple[Connection, Endpoint | None]]:
-    """The sample's outbound connections in `states`, with the parsed remote (None if unparseable).
+def _outbound(inp: RuleInput) -> list[tuple[Connection, RemoteFacts]]:
+    """The sample's outbound connections that the network rules must look at, with the policy's
+    facts about their remotes: up or being attempted, not loopback, not inbound (a connection is
+    inbound when its local port is one the pod listens on).
 
-    A connection is inbound when its local port is one the pod listens on; loopback is neither.
+    Computed once per sample, shared by the network rules. A remote that can never be a finding
+    (allowed, or one of the job's pods, and not a tunnel port) is remembered in `inp.quiet` and
+    skipped from then on: the job's pod set only grows, and the policy does not change.
     """
+    out = inp.outbound
+    if out is not None:
+        return out
+    out = inp.outbound = []
     s = inp.sample
     if not s.connections:
-        return []
-    listening = {sock.port for sock in s.listening}
-    eps = inp.endpoints
-    out: list[tuple[Connection, Endpoint | None]] = []
+        return out
+    quiet = inp.quiet
+    policy = inp.policy
+    intra = policy.egress.allow_intra_job
+    job_ips = inp.job_ips
+    listening: set[int] | None = None
     for c in s.connections:
-        if c.state not in states:
+        known = quiet.get(c.proto)
+        if known is not None and c.remote in known:
             continue
-        local = eps.get(c.local)
+        if c.state not in ATTEMPT_STATES:
+            continue
+        f = policy.remote(c.remote, c.proto)
+        if f.loopback or (f.tunnel is None and (f.allowed is not None or (intra and f.ip_key in job_ips))):
+            if known is None:
+                known = quiet[c.proto] = set()
+            if len(known) >= QUIET_LIMIT:
+                known.clear()
+            known.add(c.remote)
+            continue
+        if listening is None:
+            listening = {sock.port for sock in s.listening}
+        local = policy.endpoints.get(c.local)
         if local is not None and local.port in listening:
             continue
-        remote = eps.get(c.remote)
-        if remote is not None and remote.ip.is_loopback:
-            continue
-        out.append((c, remote))
+        out.append((c, f))
     return out
 
 
@@ -315,14 +350,14 @@ def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
     """An established outbound connection that nothing in `network.egress` allows, nor DNS to the
     resolver (`allowDNS`), nor the job's own pods (`allowIntraJob`). An unparseable remote is flagged:
     what cannot be judged is not allowed."""
-    judge = inp.policy.egress
+    intra = inp.policy.egress.allow_intra_job
     job_ips = inp.job_ips
     found: list[Finding] | None = None
-    for c, remote in _outbound(inp, ESTABLISHED_STATES):
-        if remote is not None and judge.allowed_by(remote, PROTOCOLS.get(c.proto, "TCP"), job_ips) is not None:
+    for c, f in _outbound(inp):
+        if c.state not in ESTABLISHED_STATES or f.allowed is not None or (intra and f.ip_key in job_ips):
             continue
         found = found or []
-        found.append(Finding(NET_EGRESS_UNDECLARED, str(remote) if remote else c.remote, _connection_evidence(inp, c)))
+        found.append(Finding(NET_EGRESS_UNDECLARED, f.text, _connection_evidence(inp, c)))
     return found or NOTHING
 
 
@@ -331,53 +366,30 @@ def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
     or a live tunnel process (ngrok, chisel, frpc, autossh, ssh -R/-L/-D, socat/ncat exec). The
     job's own pods are exempt under `allowIntraJob` (MPI launches workers over SSH), and so is a
     destination whose egress rule lists the port explicitly."""
-    ctx = inp.policy.context
-    judge = inp.policy.egress
-    pool_ports = ctx.miner_pool_ports
-    intra = judge.allow_intra_job
+    intra = inp.policy.egress.allow_intra_job
+    job_ips = inp.job_ips
     found: list[Finding] | None = None
-    if inp.sample.connections:
-        for c, remote in _outbound(inp, ATTEMPT_STATES):
-            if remote is None:
-                continue
-            port = remote.port
-            if port != SSH_PORT and port not in pool_ports:
-                continue
-            if intra and remote.ip in inp.job_ips:
-                continue
-            if judge.names_port(remote, PROTOCOLS.get(c.proto, "TCP")):
-                continue
-            reason = "ssh" if port == SSH_PORT else "miner-pool port"
+    for c, f in _outbound(inp):
+        if f.tunnel is None or (intra and f.ip_key in job_ips):
+            continue
+        found = found or []
+        found.append(Finding(NET_TUNNEL, f.text, _connection_evidence(inp, c, reason=f.tunnel)))
+    for p, pf in _flagged_processes(inp):
+        if pf.tunnel is not None:
             found = found or []
-            found.append(Finding(NET_TUNNEL, str(remote), _connection_evidence(inp, c, reason=reason)))
-    tunnels = inp.policy.tunnels
-    for p in inp.sample.processes:
-        m = tunnels.first_match(p.name, p.cmdline)
-        if m is not None:
-            found = found or []
-            found.append(
-                Finding(
-                    NET_TUNNEL,
-                    f"process:{p.name or p.cmdline[:64]}",
-                    _process_evidence(p.pid, p.name, p.cmdline, reason="tunnel tool", pattern=m.text),
-                )
-            )
+            evidence = _process_evidence(p.pid, p.name, p.cmdline, reason="tunnel tool", pattern=pf.tunnel.text)
+            found.append(Finding(NET_TUNNEL, f"process:{p.name or p.cmdline[:64]}", evidence))
     return found or NOTHING
 
 
 def net_listen_undeclared(inp: RuleInput) -> Sequence[Finding]:
     """A listening socket on a port that is not in `network.listenPorts`. The sensor's own port is
     exempt, and so is the kernel's ephemeral range (NCCL/Gloo bootstrap sockets bind port 0)."""
-    ctx = inp.policy.context
-    declared = inp.policy.listen_ports
-    sensor_port = ctx.sensor_port
-    eph = ctx.ephemeral_ports
+    exempt = inp.policy.listen_exempt
     found: list[Finding] | None = None
     for sock in inp.sample.listening:
         port = sock.port
-        if port in declared or port == sensor_port:
-            continue
-        if eph is not None and eph[0] <= port <= eph[1]:
+        if exempt(port):
             continue
         proc = next((p for p in inp.sample.processes if p.pid == sock.pid), None) if sock.pid is not None else None
         found = found or []
@@ -422,59 +434,174 @@ def _always(_: CompiledPolicy) -> bool:
     return True
 
 
+# --- sections: which rules have anything to look at --------------------------------------------
+
+#: The parts of a sample a rule looks at. The engine works out, once per sample, which parts hold
+#: anything a rule could find (`active_sections`) and runs only the rules that look there: in the
+#: common case, a clean sample, no rule function runs at all. The rules work without it too.
+PROCESSES = 1
+GPU_BOUNDS = 2
+GPU_WINDOW = 4
+NETWORK = 8
+LISTENING = 16
+SEQUENCE = 32
+
+
+def active_sections(inp: RuleInput) -> int:
+    """The sections of the sample with something for a rule to look at, as a bit mask.
+
+    Errs on the side of running a rule: a set bit means "look", and the rule decides.
+    """
+    s = inp.sample
+    policy = inp.policy
+    active = 0
+    if _flagged_processes(inp) or _flagged_gpu_processes(inp):
+        active |= PROCESSES
+    if s.gpus:
+        b = policy.gpu_bounds
+        for g in s.gpus:
+            if g.utilization > b.utilization or g.memory_used_bytes > b.memory_bytes or g.power_watts > b.power_watts:
+                active |= GPU_BOUNDS
+                break
+    for series in inp.window.gpus.values():
+        if not series.low and series.full:
+            active |= GPU_WINDOW
+            break
+    if s.connections and _outbound(inp):
+        active |= NETWORK
+    if s.listening:
+        known = policy.listen_exempt_cache
+        for sock in s.listening:
+            exempt = known.get(sock.port)
+            if exempt is None:
+                exempt = policy.listen_exempt(sock.port)
+            if not exempt:
+                active |= LISTENING
+                break
+    prev = inp.window.previous_seq
+    if prev is not None and s.seq < prev:
+        active |= SEQUENCE
+    return active
+
+
 #: The sample rules, in the order they run. `sensor.silent` is evaluated by `Engine.tick`.
 CHAIN: tuple[Rule, ...] = (
-    Rule(PROCESS_DENIED, "Critical", True, process_denied, lambda p: bool(p.denied), "denied process"),
     Rule(
-        PROCESS_UNEXPECTED, "Medium", False, process_unexpected, lambda p: p.allowed is not None, "process not allowed"
+        name=PROCESS_DENIED,
+        severity="Critical",
+        conclusive=True,
+        check=process_denied,
+        enabled=lambda p: bool(p.denied),
+        sections=PROCESSES,
+        summary="denied process",
     ),
     Rule(
-        GPU_PROCESS_UNEXPECTED,
-        "High",
-        False,
-        gpu_process_unexpected,
-        lambda p: p.gpu_allowed is not None,
-        "process on a GPU not allowed",
+        name=PROCESS_UNEXPECTED,
+        severity="Medium",
+        conclusive=False,
+        check=process_unexpected,
+        enabled=lambda p: p.allowed is not None,
+        sections=PROCESSES,
+        summary="process not allowed",
     ),
     Rule(
-        GPU_UTILIZATION,
-        "Medium",
-        False,
-        gpu_utilization,
-        lambda p: p.policy.gpu.max_utilization is not None,
-        "GPU utilization above bound",
+        name=GPU_PROCESS_UNEXPECTED,
+        severity="High",
+        conclusive=False,
+        check=gpu_process_unexpected,
+        enabled=lambda p: p.gpu_allowed is not None,
+        sections=PROCESSES,
+        summary="process on a GPU not allowed",
     ),
     Rule(
-        GPU_MEMORY,
-        "Medium",
-        False,
-        gpu_memory,
-        lambda p: p.policy.gpu.max_memory_bytes is not None,
-        "GPU memory above bound",
+        name=GPU_UTILIZATION,
+        severity="Medium",
+        conclusive=False,
+        check=gpu_utilization,
+        enabled=lambda p: p.policy.gpu.max_utilization is not None,
+        sections=GPU_BOUNDS,
+        summary="GPU utilization above bound",
     ),
     Rule(
-        GPU_POWER,
-        "Medium",
-        False,
-        gpu_power,
-        lambda p: p.policy.gpu.max_power_watts is not None,
-        "GPU power above bound",
+        name=GPU_MEMORY,
+        severity="Medium",
+        conclusive=False,
+        check=gpu_memory,
+        enabled=lambda p: p.policy.gpu.max_memory_bytes is not None,
+        sections=GPU_BOUNDS,
+        summary="GPU memory above bound",
     ),
     Rule(
-        GPU_MINING_SIGNATURE,
-        "High",
-        True,
-        gpu_mining_signature,
-        lambda p: p.policy.gpu.mining_signature,
-        "GPU busy like a miner",
+        name=GPU_POWER,
+        severity="Medium",
+        conclusive=False,
+        check=gpu_power,
+        enabled=lambda p: p.policy.gpu.max_power_watts is not None,
+        sections=GPU_BOUNDS,
+        summary="GPU power above bound",
     ),
-    Rule(NET_EGRESS_UNDECLARED, "High", False, net_egress_undeclared, _always, "undeclared egress"),
-    Rule(NET_TUNNEL, "Critical", True, net_tunnel, lambda p: p.policy.network.forbid_tunnels, "tunnel"),
-    Rule(NET_LISTEN_UNDECLARED, "High", False, net_listen_undeclared, _always, "undeclared listener"),
-    Rule(SENSOR_RESTARTED, "Medium", True, sensor_restarted, _always, "sensor restarted"),
+    Rule(
+        name=GPU_MINING_SIGNATURE,
+        severity="High",
+        conclusive=True,
+        check=gpu_mining_signature,
+        enabled=lambda p: p.policy.gpu.mining_signature,
+        sections=GPU_WINDOW,
+        summary="GPU busy like a miner",
+    ),
+    Rule(
+        name=NET_EGRESS_UNDECLARED,
+        severity="High",
+        conclusive=False,
+        check=net_egress_undeclared,
+        enabled=_always,
+        sections=NETWORK,
+        summary="undeclared egress",
+    ),
+    Rule(
+        name=NET_TUNNEL,
+        severity="Critical",
+        conclusive=True,
+        check=net_tunnel,
+        enabled=lambda p: p.policy.network.forbid_tunnels,
+        sections=NETWORK | PROCESSES,
+        summary="tunnel",
+    ),
+    Rule(
+        name=NET_LISTEN_UNDECLARED,
+        severity="High",
+        conclusive=False,
+        check=net_listen_undeclared,
+        enabled=_always,
+        sections=LISTENING,
+        summary="undeclared listener",
+    ),
+    Rule(
+        name=SENSOR_RESTARTED,
+        severity="Medium",
+        conclusive=True,
+        check=sensor_restarted,
+        enabled=_always,
+        sections=SEQUENCE,
+        summary="sensor restarted",
+    ),
 )
 
+
+def _no_sample_check(_: RuleInput) -> Sequence[Finding]:
+    """sensor.silent is about the absence of samples: `Engine.tick` evaluates it with `sensor_silent`."""
+    return NOTHING
+
+
 #: The tick rule.
-SENSOR_SILENT_RULE = Rule(SENSOR_SILENT, "High", True, lambda _: NOTHING, _always, "sensor silent")
+SENSOR_SILENT_RULE = Rule(
+    name=SENSOR_SILENT,
+    severity="High",
+    conclusive=True,
+    check=_no_sample_check,
+    enabled=_always,
+    sections=0,
+    summary="sensor silent",
+)
 
 RULES: dict[str, Rule] = {r.name: r for r in (*CHAIN, SENSOR_SILENT_RULE)}

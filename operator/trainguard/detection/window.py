@@ -17,9 +17,9 @@ class GpuSeries:
     """One GPU's last `length` samples (utilization, power, framebuffer fraction) and their sums."""
 
     __slots__ = (
-        "_low_below",
         "length",
         "low",
+        "low_below",
         "mem_sum",
         "power_sq",
         "power_sum",
@@ -30,7 +30,7 @@ class GpuSeries:
 
     def __init__(self, length: int, low_below: float) -> None:
         self.length = length
-        self._low_below = low_below
+        self.low_below = low_below
         self.values: deque[tuple[float, float, float]] = deque()
         self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
         #: Samples in the window whose utilization is below `low_below`.
@@ -45,7 +45,7 @@ class GpuSeries:
             self.power_sum -= p
             self.power_sq -= p * p
             self.mem_sum -= m
-            if u < self._low_below:
+            if u < self.low_below:
                 self.low -= 1
         values.append((util, power, mem_fraction))
         self.util_sum += util
@@ -53,7 +53,7 @@ class GpuSeries:
         self.power_sum += power
         self.power_sq += power * power
         self.mem_sum += mem_fraction
-        if util < self._low_below:
+        if util < self.low_below:
             self.low += 1
 
     @property
@@ -119,7 +119,28 @@ class Window:
                 t = self._thresholds
                 series = gpus[g.index] = GpuSeries(t.window_samples, t.min_utilization)
             total = g.memory_total_bytes
-            series.push(g.utilization, g.power_watts, g.memory_used_bytes / total if total else 1.0)
+            util = g.utilization
+            power = g.power_watts
+            mem = g.memory_used_bytes / total if total else 1.0
+            # GpuSeries.push, inlined: this runs for every GPU of every sample.
+            values = series.values
+            if len(values) == series.length:
+                u, p, m = values.popleft()
+                series.util_sum -= u
+                series.util_sq -= u * u
+                series.power_sum -= p
+                series.power_sq -= p * p
+                series.mem_sum -= m
+                if u < series.low_below:
+                    series.low -= 1
+            values.append((util, power, mem))
+            series.util_sum += util
+            series.util_sq += util * util
+            series.power_sum += power
+            series.power_sq += power * power
+            series.mem_sum += mem
+            if util < series.low_below:
+                series.low += 1
             seen += 1
         if seen != len(gpus):
             # A GPU that is missing from a sample starts over: its window is no longer consecutive.
