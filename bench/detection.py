@@ -10,8 +10,9 @@ connections (NCCL ring, rendezvous, the operator reading the sensor), DCGM metri
 power varying per sample. One pod in a hundred keeps an undeclared listener open, so the
 de-duplication path runs too, and `tick` runs once per simulated second.
 
-Three figures are printed, each timed separately in CPU time of this process (so that other work
-on a shared machine does not count against it; the wall-clock elapsed time is printed too): parsing (JSON line to a validated `Sample`, the
+Three figures are printed, each timed separately in CPU time of this process (so that other
+work on a shared machine does not count against it; the wall-clock elapsed time is printed too):
+parsing (JSON line to a validated `Sample`, the
 operator's edge), evaluation (`Engine.observe` on parsed samples, plus the ticks: the engine's hot
 path) and the two together. Generating the lines is not timed. Peak memory is the process's
 maximum resident set size.
@@ -27,14 +28,18 @@ import random
 import resource
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-
-from trainguard.api.sample import Sample  # noqa: E402
-from trainguard.api.v1alpha1 import Debounce, EnforcementPolicy, GpuPolicy, NetworkPolicySpec, Policy  # noqa: E402
-from trainguard.api.v1alpha1 import EgressRule, PortSpec  # noqa: E402
-from trainguard.detection.engine import Engine, ManualClock  # noqa: E402
+from trainguard.api.sample import Sample
+from trainguard.api.v1alpha1 import (
+    Debounce,
+    EgressRule,
+    EnforcementPolicy,
+    GpuPolicy,
+    NetworkPolicySpec,
+    Policy,
+    PortSpec,
+)
+from trainguard.detection.engine import Engine, ManualClock
 
 GOAL = 100_000
 DAY_SAMPLES = 86_400 * 100
@@ -67,7 +72,8 @@ def template(rank: int, pods: int) -> str:
         [
             '{"pid":1,"ppid":0,"name":"torchrun","cmdline":"torchrun --nproc-per-node 2 train.py","uid":1000}',
             *(
-                f'{{"pid":{27 + i},"ppid":1,"name":"python3","cmdline":"python3 -u train.py --local-rank {i}","uid":1000}}'
+                f'{{"pid":{27 + i},"ppid":1,"name":"python3","cmdline":"python3 -u train.py --local-rank {i}",'
+                '"uid":1000}'
                 for i in range(2)
             ),
             *(
