@@ -1,0 +1,134 @@
+"""`trainguard replay` as a user runs it: a subprocess, exit codes 0/3/2, text and JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRACES = Path(__file__).resolve().parents[3] / "examples" / "traces"
+TRAINGUARD = Path(sys.executable).with_name("trainguard")
+POLICY = TRACES / "policy-training.yaml"
+
+
+def replay(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TRAINGUARD), "replay", *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_benign_exits_0_with_a_summary() -> None:
+    r = replay("--policy", POLICY, TRACES / "ddp-nccl.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert "300 samples from 3 pods" in r.stdout
+    assert "0 violations" in r.stdout
+
+
+def test_attack_exits_3_with_a_timeline() -> None:
+    r = replay("--policy", POLICY, TRACES / "reverse-ssh.jsonl")
+    assert r.returncode == 3, r.stderr
+    lines = r.stdout.splitlines()
+    first = next(line for line in lines if "NEW" in line)
+    # time, pod, rule, evidence, action
+    assert first.startswith("2026-01-01T00:00:50")
+    assert "agents/rl-trainer-worker-0" in first and "Quarantine" in first
+    assert any("net.tunnel" in line and "192.0.2.10:22" in line for line in lines)
+    assert any(line.strip().startswith("process.denied") for line in lines)
+
+
+def test_json_output_one_object_per_decision() -> None:
+    r = replay("--policy", POLICY, TRACES / "tunnel-443.jsonl", "--output", "json")
+    assert r.returncode == 3
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert records and all(
+        {"time", "kind", "rule", "severity", "pod", "action", "dryRun", "evidence"} <= rec.keys() for rec in records
+    )
+    assert {rec["rule"] for rec in records if rec["kind"] == "new"} == {
+        "process.denied",
+        "net.tunnel",
+        "net.egress.undeclared",
+    }
+    assert "violations" in r.stderr  # the summary goes to stderr, stdout stays machine-readable
+
+
+def test_several_traces_are_merged_in_time() -> None:
+    r = replay("--policy", POLICY, TRACES / "ddp-nccl.jsonl", TRACES / "hidden-listener.jsonl", "--output", "json")
+    assert r.returncode == 3
+    times = [json.loads(line)["time"] for line in r.stdout.splitlines()]
+    assert times == sorted(times)
+
+
+def test_malformed_lines_are_reported_skipped_and_exit_2(tmp_path: Path) -> None:
+    good = (TRACES / "ddp-nccl.jsonl").read_text().splitlines()
+    trace = tmp_path / "broken.jsonl"
+    trace.write_text("\n".join([good[0], "{not json", good[1], '{"ts": 1, "pod": "p"}', "", *good[2:]]) + "\n")
+    r = replay("--policy", POLICY, trace)
+    assert r.returncode == 2, r.stdout
+    assert f"{trace}:2:" in r.stderr and f"{trace}:4:" in r.stderr and "seq" in r.stderr
+    assert f"{len(good)} samples from 3 pods; 2 malformed lines skipped" in r.stdout
+
+
+def test_violations_win_over_malformed_lines(tmp_path: Path) -> None:
+    trace = tmp_path / "attack.jsonl"
+    trace.write_text((TRACES / "known-miner.jsonl").read_text() + "garbage\n")
+    r = replay("--policy", POLICY, trace)
+    assert r.returncode == 3
+    assert f"{trace}:" in r.stderr
+
+
+def test_an_invalid_policy_exits_2_naming_file_line_and_camel_case_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.read_text().replace("maxPowerWatts: 700", "maxPowerWatts: -700"))
+    r = replay("--policy", bad, TRACES / "ddp-nccl.jsonl")
+    assert r.returncode == 2
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), start=1) if "maxPowerWatts" in text)
+    assert f"{bad}:{line}: spec.policy.gpu.maxPowerWatts:" in r.stderr
+
+
+def test_unknown_field_in_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.read_text().replace("forbidTunnels: true", "forbidTunnels: true\n      forbidMining: true"))
+    r = replay("--policy", bad, TRACES / "ddp-nccl.jsonl")
+    assert r.returncode == 2
+    assert "spec.policy.network.forbidMining" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("spec: [unclosed", "not valid YAML"), ("- a list", "expected an AgentTrainingJob")],
+)
+def test_policy_that_is_not_an_object(tmp_path: Path, content: str, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    r = replay("--policy", bad, TRACES / "ddp-nccl.jsonl")
+    assert r.returncode == 2
+    assert str(bad) in r.stderr and message in r.stderr
+
+
+def test_missing_files_exit_2(tmp_path: Path) -> None:
+    r = replay("--policy", tmp_path / "none.yaml", TRACES / "ddp-nccl.jsonl")
+    assert r.returncode == 2 and "none.yaml" in r.stderr
+    r = replay("--policy", POLICY, tmp_path / "none.jsonl")
+    assert r.returncode == 2 and "none.jsonl" in r.stderr
+
+
+def test_context_flags(tmp_path: Path) -> None:
+    trace = tmp_path / "dns.jsonl"
+    dns = {"proto": "udp", "local": "10.244.1.10:33000", "remote": "10.96.0.10:53", "state": "ESTABLISHED"}
+    trace.write_text(
+        "".join(
+            json.dumps({"ts": 1767225600 + i, "pod": "agents/p", "seq": i, "connections": [dns]}) + "\n"
+            for i in range(5)
+        )
+    )
+    assert replay("--policy", POLICY, trace).returncode == 0
+    # With the resolver named, DNS to another address is undeclared egress.
+    r = replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.99")
+    assert r.returncode == 3
+    assert "10.96.0.10:53" in r.stdout
+    assert replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.10").returncode == 0
+    r = replay("--policy", POLICY, TRACES / "ddp-nccl.jsonl", "--pod-ip", "not-an-ip")
+    assert r.returncode == 2
