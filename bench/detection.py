@@ -23,11 +23,13 @@ The goal is at least 100,000 samples per second for evaluation.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import resource
 import sys
 import time
+from collections.abc import Iterator
 
 from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import (
@@ -114,16 +116,70 @@ def template(rank: int, pods: int) -> str:
     )
 
 
+def lines(pods: int, count: int, rng: random.Random) -> list[str]:
+    """`count` JSON lines, pods interleaved one second at a time."""
+    templates = [template(r, pods) for r in range(pods)]
+    out = []
+    for k in range(count):
+        second, rank = divmod(k, pods)
+        u0, u1 = rng.uniform(0.5, 0.99), rng.uniform(0.5, 0.99)
+        values = {
+            "ts": T0 + second + rank * 1e-4,
+            "seq": second,
+            "u0": u0,
+            "u1": u1,
+            "p0": 120 + 560 * u0,
+            "p1": 120 + 560 * u1,
+            "t": 0.5 * (u0 + u1) * 0.55,
+        }
+        out.append(templates[rank] % values)
+    return out
+
+
+def parse_rate(pods: int, count: int, rng: random.Random, batch: int) -> float:
+    """Samples per CPU second that `Sample.model_validate_json` parses and validates."""
+    spent = 0.0
+    done = 0
+    while done < count:
+        chunk = lines(pods, min(batch, count - done), rng)
+        t0 = time.process_time()
+        for line in chunk:
+            Sample.model_validate_json(line)
+        spent += time.process_time() - t0
+        done += len(chunk)
+    return done / spent
+
+
+def stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
+    """`count` samples made on the fly from one parsed sample per pod: new time, seq and GPU readings."""
+    bases = [Sample.model_validate_json(line) for line in lines(pods, pods, rng)]
+    for k in range(count):
+        second, rank = divmod(k, pods)
+        base = bases[rank]
+        u0, u1 = rng.uniform(0.5, 0.99), rng.uniform(0.5, 0.99)
+        g0, g1 = base.gpus
+        yield base.model_copy(
+            update={
+                "ts": T0 + second + rank * 1e-4,
+                "seq": second,
+                "gpus": [
+                    g0.model_copy(update={"utilization": round(u0, 2), "power_watts": round(120 + 560 * u0, 1)}),
+                    g1.model_copy(update={"utilization": round(u1, 2), "power_watts": round(120 + 560 * u1, 1)}),
+                ],
+                "dcgm": {
+                    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": round(0.275 * (u0 + u1), 3),
+                    "DCGM_FI_PROF_SM_ACTIVE": 0.85,
+                },
+            }
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--samples", type=int, default=DAY_SAMPLES, help=f"samples to run (default {DAY_SAMPLES})")
+    parser.add_argument("--samples", type=int, default=DAY_SAMPLES, help=f"samples to evaluate (default {DAY_SAMPLES})")
     parser.add_argument("--pods", type=int, default=100, help="pods sampled each second (default 100)")
     parser.add_argument(
-        "--batch",
-        type=int,
-        default=100,
-        help="samples generated, then parsed, then evaluated per batch (default 100: one tick of 100 pods, "
-        "as the operator sees them; large batches evaluate samples that have left the CPU cache)",
+        "--parse-samples", type=int, default=100_000, help="JSON lines to parse for the parse figure (default 100000)"
     )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -133,61 +189,50 @@ def main() -> int:
         cpu = min(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpu})
     rng = random.Random(args.seed)
-    templates = [template(r, args.pods) for r in range(args.pods)]
+    started = time.perf_counter()
+
+    parsed_per_s = parse_rate(args.pods, min(args.parse_samples, args.samples), rng, batch=args.pods)
+
     clock = ManualClock(T0)
     engine = Engine(POLICY, clock=clock)
-
-    parse_s = eval_s = 0.0
+    spent = 0.0
     decisions = 0
     done = 0
-    started = time.perf_counter()
+    pods = args.pods
+    t0 = time.process_time()
+    samples = stream(pods, args.samples, rng)
     while done < args.samples:
-        n = min(args.batch, args.samples - done)
-        lines = []
-        for k in range(done, done + n):
-            second, rank = divmod(k, args.pods)
-            u0, u1 = rng.uniform(0.5, 0.99), rng.uniform(0.5, 0.99)
-            lines.append(
-                templates[rank]
-                % {
-                    "ts": T0 + second + rank * 1e-4,
-                    "seq": second,
-                    "u0": u0,
-                    "u1": u1,
-                    "p0": 120 + 560 * u0,
-                    "p1": 120 + 560 * u1,
-                    "t": 0.5 * (u0 + u1) * 0.55,
-                }
-            )
-        t0 = time.process_time()
-        samples = [Sample.model_validate_json(line) for line in lines]
+        # One tick's worth at a time: made (not timed), then evaluated (timed), then dropped.
+        batch = list(itertools.islice(samples, pods))
         t1 = time.process_time()
-        for k, s in enumerate(samples, start=done):
-            if k % args.pods == 0:
-                clock.set(s.ts)
-                decisions += len(engine.tick(s.ts))
+        clock.set(batch[0].ts)
+        decisions += len(engine.tick(batch[0].ts))
+        for s in batch:
             decisions += len(engine.observe(s))
-        t2 = time.process_time()
-        parse_s += t1 - t0
-        eval_s += t2 - t1
-        done += n
+        spent += time.process_time() - t1
+        done += len(batch)
+    generating = time.process_time() - t0 - spent
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    evaluate_rate = done / eval_s
+    evaluated_per_s = done / spent
+    both = 1 / (1 / evaluated_per_s + 1 / parsed_per_s)
     print(
-        f"detection benchmark: {done:,} samples ({args.pods} pods, {done / args.pods:,.0f} s of 1 Hz telemetry)"
+        f"detection benchmark: {done:,} samples ({pods} pods, {done / pods:,.0f} s of 1 Hz telemetry)"
         f"{f', pinned to CPU {cpu}' if cpu is not None else ''}, Python {sys.version.split()[0]}"
     )
-    print(f"  evaluate only (Engine.observe + tick): {evaluate_rate:>12,.0f} samples/s  ({eval_s:.1f} s)")
-    print(f"  parse only (Sample.model_validate_json): {done / parse_s:>10,.0f} samples/s  ({parse_s:.1f} s)")
-    print(f"  parse + evaluate:                      {done / (parse_s + eval_s):>12,.0f} samples/s")
-    print(f"  elapsed (including generating the lines): {elapsed:.1f} s")
+    print(f"  evaluate only (Engine.observe + tick):    {evaluated_per_s:>10,.0f} samples/s  ({spent:.1f} s CPU)")
+    print(
+        f"  parse only (Sample.model_validate_json):  {parsed_per_s:>10,.0f} samples/s"
+        f"  (on {min(args.parse_samples, args.samples):,} lines)"
+    )
+    print(f"  parse + evaluate (from the two above):    {both:>10,.0f} samples/s")
+    print(f"  elapsed: {elapsed:.1f} s wall (generating the samples: {generating:.1f} s CPU, not counted above)")
     print(f"  decisions: {decisions}, standing violations at the end: {len(engine.standing())}")
     print(f"  peak memory (max RSS): {peak_mib:.0f} MiB")
-    verdict = "meets" if evaluate_rate >= GOAL else "MISSES"
-    print(f"  goal: {GOAL:,} samples/s evaluated: {verdict}")
-    return 0 if evaluate_rate >= GOAL else 1
+    verdict = "met" if evaluated_per_s >= GOAL else "NOT met"
+    print(f"  goal, {GOAL:,} samples/s evaluated on one core: {verdict}")
+    return 0 if evaluated_per_s >= GOAL else 1
 
 
 if __name__ == "__main__":
