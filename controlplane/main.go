@@ -116,6 +116,7 @@ type plane struct {
 	pkiDir        string
 	token         string
 	kubeconfig    string
+	lock          *os.File // flock on the data directory, held while running
 	children      []*exec.Cmd
 	exited        chan childExit
 }
@@ -229,10 +230,12 @@ func (p *plane) prepareDataDir() error {
 	if err != nil {
 		return fmt.Errorf("data directory %s: %w", p.dataDir, err)
 	}
-	// The descriptor stays open (and the lock held) until the process exits.
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
 		return fmt.Errorf("data directory %s is in use by another control plane (lock %s: %v)", p.dataDir, lock.Name(), err)
 	}
+	// Kept in p so the garbage collector never closes it (which would drop the lock).
+	p.lock = lock
 	p.logDir = filepath.Join(p.dataDir, "logs")
 	p.pkiDir = filepath.Join(p.dataDir, "pki")
 	for _, d := range []string{p.logDir, p.pkiDir, filepath.Join(p.dataDir, "etcd")} {

@@ -1,0 +1,165 @@
+"""Fixtures for the integration tests: a real Kubernetes control plane (etcd, kube-apiserver,
+kube-controller-manager built from controlplane/) for the whole session, with crds/ installed, and a fresh namespace
+per test.
+
+Nothing here is optional: if the control plane cannot be built or started, every integration test fails (errors in
+setup); none is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from tests.integration import controlplane
+from tests.integration.polling import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = sorted((ROOT / "crds").glob("*.yaml"))
+HERE = Path(__file__).resolve().parent
+
+_build: dict[str, str] = {}  # "error": why scripts/controlplane build failed
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: runs against the local Kubernetes control plane (scripts/controlplane)"
+    )
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration, and build the control plane here rather than in a fixture, so that
+    a first build (minutes) does not count against a test's timeout."""
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+    if not any(HERE in Path(str(item.path)).parents for item in items) or config.option.collectonly:
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled():
+            controlplane.build()
+    except controlplane.ControlPlaneError as error:
+        _build["error"] = str(error)
+
+
+@dataclass
+class Cluster:
+    """The running control plane and clients for it, authenticated as the admin (system:masters)."""
+
+    plane: controlplane.ControlPlane
+    api: client.ApiClient
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    rbac: client.RbacAuthorizationV1Api
+    admission: client.AdmissionregistrationV1Api
+    extensions: client.ApiextensionsV1Api
+    custom: client.CustomObjectsApi
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, helm, the operator) that should talk to this cluster."""
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{controlplane.tool_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the kubectl built with the control plane against this cluster."""
+        result = subprocess.run(
+            [str(controlplane.tool_bin() / "kubectl"), *args],
+            env=self.env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def client_for_token(self, token: str) -> client.ApiClient:
+        """An API client that authenticates with a bearer token instead of the admin's."""
+        admin = self.api.configuration
+        cfg = client.Configuration()
+        cfg.host = admin.host
+        cfg.ssl_ca_cert = admin.ssl_ca_cert
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+        return client.ApiClient(cfg)
+
+
+def _crd_established(extensions: client.ApiextensionsV1Api, name: str) -> bool:
+    crd = extensions.read_custom_resource_definition(name)
+    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+
+def crd_names() -> list[str]:
+    return [yaml.safe_load(p.read_text())["metadata"]["name"] for p in CRDS]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Start the control plane for the session, install crds/, stop it at the end (and check that it stopped
+    cleanly, components included)."""
+    if "error" in _build:
+        pytest.fail(f"the control plane could not be built: {_build['error']}", pytrace=False)
+    try:
+        plane = controlplane.ControlPlane.start(controlplane.binary(), tmp_path_factory.mktemp("cp") / "data")
+    except controlplane.ControlPlaneError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        cluster = Cluster(
+            plane=plane,
+            api=api,
+            core=client.CoreV1Api(api),
+            batch=client.BatchV1Api(api),
+            rbac=client.RbacAuthorizationV1Api(api),
+            admission=client.AdmissionregistrationV1Api(api),
+            extensions=client.ApiextensionsV1Api(api),
+            custom=client.CustomObjectsApi(api),
+        )
+        assert CRDS, "crds/ holds no CRD to install"
+        cluster.kubectl("apply", "--server-side", "--field-manager=trainguard-tests", *(f"-f={p}" for p in CRDS))
+        for name in crd_names():
+            wait_for(lambda n=name: _crd_established(cluster.extensions, n), 30, f"CRD {name} is not Established")
+        yield cluster
+    finally:
+        children = plane.children() if plane.process.poll() is None else []
+        code = plane.stop()
+    assert code == 0, f"control plane exited with status {code} on SIGTERM; stderr in {plane.stderr_path}"
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"control plane components still running after it stopped: {alive}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, with its default ServiceAccount in place (pods need it); deleted after."""
+    base = _slug(request.node.name)[:40].strip("-")
+    body: dict[str, Any] = {"metadata": {"generateName": f"t-{base}-", "labels": {"trainguard.io/test": "true"}}}
+    name: str = cluster.core.create_namespace(body).metadata.name
+
+    def default_sa() -> bool:
+        return any(sa.metadata.name == "default" for sa in cluster.core.list_namespaced_service_account(name).items)
+
+    wait_for(default_sa, 30, f"the controller-manager made no default ServiceAccount in {name}")
+    yield name
+    cluster.core.delete_namespace(name, propagation_policy="Background")
