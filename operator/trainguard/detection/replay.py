@@ -3,8 +3,8 @@
     trainguard replay --policy job.yaml trace.jsonl [trace.jsonl ...] [--output json]
 
 Samples from all traces are merged in time order and fed to one engine (one job), with a clock
-that follows the samples; `tick` runs at every new timestamp, so a pod whose samples stop while
-others continue is found silent. The timeline shows every decision (time, pod, rule, evidence,
+that follows the samples; `tick` runs once a second of trace time, so a pod whose samples stop
+while others continue is found silent. The timeline shows every decision (time, pod, rule, evidence,
 action), then a summary.
 
 Exit status: 0 when no violation was found, 3 when violations were found, 2 on bad input: a
@@ -37,6 +37,8 @@ from trainguard.detection.violation import Decision, iso
 EXIT_CLEAN = 0
 EXIT_BAD_INPUT = 2
 EXIT_VIOLATIONS = 3
+#: Seconds of trace time between two `Engine.tick` calls.
+TICK_SECONDS = 1.0
 
 
 class BadInput(Exception):
@@ -151,8 +153,9 @@ def replay(job: AgentTrainingJob, samples: Sequence[Sample], context: EngineCont
     decisions: list[Decision] = []
     last_tick: float | None = None
     for sample in samples:
-        if last_tick is None or sample.ts > last_tick:
-            clock.set(sample.ts)
+        clock.set(max(clock.now, sample.ts))
+        # The clock ticks once a second of trace time, as the operator's would.
+        if last_tick is None or sample.ts >= last_tick + TICK_SECONDS:
             decisions.extend(engine.tick(sample.ts))
             last_tick = sample.ts
         decisions.extend(engine.observe(sample))
