@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -115,6 +116,14 @@ def make_non_dumpable() -> bool:
         return False
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: the /proc watcher keeps 2 files open per process."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -129,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         max_processes=args.max_processes,
         max_connections=args.max_connections,
     )
+    raise_open_files_limit()
     if not make_non_dumpable():
         log.warning("could not make the sensor non-dumpable")
     sampler = Sampler(settings, gpu_source)

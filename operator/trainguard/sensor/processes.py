@@ -11,6 +11,7 @@ the full path each time, and every read then refers to the same process even if 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ class _Known:
     sockets: tuple[int, ...] = ()
     devices: tuple[str, ...] = ()
     denied: bool = False
+    stat_fd: int = -1
+    """/proc/<pid>/stat kept open: re-read with pread, no path lookup; ESRCH once the process is gone."""
+    dir_fd: int = -1
+    """/proc/<pid>/fd kept open: fstat gives the fd count, links are read relative to it."""
 
 
 @dataclass(slots=True)
@@ -165,7 +170,7 @@ class ProcessWatcher:
         max_processes: int = 4096,
         max_fds: int = 65536,
         exclude_device_holder: int | None = None,
-        refresh_every: int = 10,
+        refresh_every: int = 20,
     ) -> None:
         self.proc_root = proc_root
         self.max_processes = max_processes
@@ -176,6 +181,13 @@ class ProcessWatcher:
         self._unowned: set[int] = set()
         """Socket inodes that a full fd scan found no owner for: they do not trigger another one."""
         self._tick = 0
+        self._owners: dict[int, int] | None = None
+        self._dirty = False
+        """Some process's sockets or devices changed since the owner maps were built."""
+        self._held = 0
+        self.max_held = 2 * max_processes
+        """At most this many /proc files are kept open between ticks (2 per process)."""
+        self._holders: dict[str, set[int]] = {}
 
     def scan(self, socket_inodes: set[int] | frozenset[int] = frozenset()) -> ProcessScan:
         """The processes now, with the owners of `socket_inodes` (the inodes in /proc/net) where findable."""
@@ -206,9 +218,17 @@ class ProcessWatcher:
             )
             if entry is not None:
                 known[pid] = entry
+        changed = self._dirty or known.keys() != self._known.keys()
+        self._dirty = False
+        for pid, entry in self._known.items():
+            if known.get(pid) is not entry:
+                self._release(entry)
         self._known = known
-        owners = _owners(known)
-        unknown = {i for i in socket_inodes if i and i not in owners and i not in self._unowned}
+        if changed or self._owners is None:
+            self._owners, self._holders = _owners(known), _holders(known)
+        owners = self._owners
+        unknown = set(socket_inodes) - owners.keys() - self._unowned
+        unknown.discard(0)
         if unknown:
             for pid, entry in known.items():
                 if pid in fresh:
@@ -218,13 +238,12 @@ class ProcessWatcher:
                     break
                 unknown.difference_update(entry.sockets)
             owners = _owners(known)
-            unknown = {i for i in unknown if i not in owners}
-        self._unowned = (self._unowned & set(socket_inodes)) | unknown
+            self._owners, self._holders = owners, _holders(known)
+            unknown -= owners.keys()
+        self._unowned = (self._unowned & socket_inodes) | unknown
         result.socket_owners = owners
-        for pid, entry in known.items():
-            result.processes.append(entry.record)
-            for device in entry.devices:
-                result.device_holders.setdefault(device, set()).add(pid)
+        result.device_holders = self._holders
+        result.processes = [entry.record for entry in known.values()]
         if budget.left <= 0:
             result.errors.append(
                 SensorError(
@@ -256,39 +275,114 @@ class ProcessWatcher:
     ) -> _Known | None:
         """This tick's view of one process; None when it is gone or unreadable."""
         base = f"{self.proc_root}/{pid}"
+        raw: bytes | None = None
+        if prev is not None and prev.stat_fd >= 0:
+            try:
+                raw = os.pread(prev.stat_fd, MAX_FILE_BYTES, 0)
+            except OSError:  # that process is gone; if the pid is listed, it is another process now
+                self._release(prev)
+                prev = None
+        opened = -1
+        if raw is None:
+            try:
+                opened = os.open(f"{base}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                raw = os.read(opened, MAX_FILE_BYTES)
+            except OSError as exc:
+                self._close(opened)
+                if exc.errno not in _GONE:
+                    errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
+                return None
         try:
-            stat_text = _read_file(f"{base}/stat", MAX_FILE_BYTES).decode("utf-8", "replace")
-            _, comm, ppid, starttime = parse_stat(stat_text)
-        except OSError as exc:
-            if exc.errno not in _GONE:
-                errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
-            return None
+            _, comm, ppid, starttime = parse_stat(raw.decode("utf-8", "replace"))
         except ValueError as exc:
+            self._close(opened)
             errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: unparsable ({exc})"))
             return None
-        if prev is not None and prev.record.starttime == starttime and prev.comm == comm and not refresh:
-            # The common case: the same process as last tick. Keep what was read, check the fds.
-            if prev.record.info.ppid != ppid:  # reparented: its parent exited
-                prev.record = ProcessRecord(prev.record.info.model_copy(update={"ppid": ppid}), starttime)
-            if prev.denied:
-                return prev  # its owner does not change often; the rolling refresh retries
+        reread = True
+        if prev is not None and prev.record.starttime == starttime:
             entry = prev
+            reread = refresh or prev.comm != comm  # the rolling refresh, or an exec
+            if reread:
+                info = self._read_info(pid, comm, ppid, errors)
+                if info is None:
+                    self._close(opened)
+                    return None
+                entry.record, entry.comm, entry.fd_count = ProcessRecord(info, starttime), comm, -1
+            elif prev.record.info.ppid != ppid:  # reparented: its parent exited
+                entry.record = ProcessRecord(prev.record.info.model_copy(update={"ppid": ppid}), starttime)
         else:
+            if prev is not None:
+                self._release(prev)
             info = self._read_info(pid, comm, ppid, errors)
             if info is None:
+                self._close(opened)
                 return None
             entry = _Known(ProcessRecord(info, starttime), comm, -1)
+        if opened >= 0:
+            entry.stat_fd = self._hold(opened)
+        if entry.denied and not reread:
+            return entry  # its owner does not change often; the rolling refresh retries
+        return self._check_fds(pid, entry, budget, fresh, errors)
+
+    def _check_fds(
+        self, pid: int, entry: _Known, budget: _FdBudget, fresh: set[int], errors: list[SensorError]
+    ) -> _Known | None:
+        """Re-read pid's fd links if their number changed (or was never read)."""
+        if entry.dir_fd < 0:
+            try:
+                entry.dir_fd = self._hold(
+                    os.open(f"{self.proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                )
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    self._release(entry)
+                    return None
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    entry.denied = True
+                    if entry.sockets or entry.devices:
+                        entry.sockets, entry.devices = (), ()
+                        self._dirty = True
+                else:
+                    errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                return entry
         try:
-            fd_count = os.stat(f"{base}/fd").st_size
-        except OSError as exc:
-            if exc.errno in _GONE:
-                return None
-            fd_count = -1
-        if fd_count != entry.fd_count or fd_count < 0:
+            fd_count = os.fstat(entry.dir_fd).st_size
+        except OSError:
+            self._release(entry)
+            return None
+        if fd_count != entry.fd_count:
             self._rescan_fds(pid, entry, budget, errors)
             entry.fd_count = fd_count
             fresh.add(pid)
+        if entry.dir_fd >= 0 and self._held > self.max_held:
+            self._release(entry)  # over the budget of open files: read by path next time
         return entry
+
+    def _hold(self, fd: int) -> int:
+        self._held += 1
+        return fd
+
+    def _close(self, fd: int) -> None:
+        if fd >= 0:
+            os.close(fd)
+
+    def _release(self, entry: _Known) -> None:
+        """Close what is kept open for entry."""
+        for fd in (entry.stat_fd, entry.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+                self._held -= 1
+        entry.stat_fd = entry.dir_fd = -1
+
+    def close(self) -> None:
+        """Close every file kept open. Call it from the thread that scans, or when no scan runs."""
+        for entry in self._known.values():
+            self._release(entry)
+        self._known = {}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _read_info(self, pid: int, comm: str, ppid: int, errors: list[SensorError]) -> ProcessInfo | None:
         base = f"{self.proc_root}/{pid}"
@@ -309,20 +403,23 @@ class ProcessWatcher:
     def _rescan_fds(self, pid: int, entry: _Known, budget: _FdBudget, errors: list[SensorError]) -> None:
         """Read pid's fd links: the sockets and /dev/nvidia* it holds go into entry."""
         entry.denied = False
-        try:
-            fd_dir = os.open(f"{self.proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                entry.denied = True
-            elif exc.errno not in _GONE:
-                errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
-            entry.sockets, entry.devices = (), ()
-            return
+        fd_dir = entry.dir_fd
+        if fd_dir < 0:
+            try:
+                fd_dir = os.open(f"{self.proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    entry.denied = True
+                elif exc.errno not in _GONE:
+                    errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                if entry.sockets or entry.devices:
+                    entry.sockets, entry.devices = (), ()
+                    self._dirty = True
+                return
         sockets: list[int] = []
         devices: list[str] = []
         try:
-            names = os.listdir(fd_dir)
-            for fd_name in names:
+            for fd_name in os.listdir(fd_dir):
                 if budget.left <= 0:
                     break
                 budget.left -= 1
@@ -343,9 +440,21 @@ class ProcessWatcher:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 entry.denied = True
         finally:
-            os.close(fd_dir)
-        entry.sockets = tuple(sockets)
-        entry.devices = tuple(sorted(set(devices)))
+            if fd_dir != entry.dir_fd:
+                os.close(fd_dir)
+        found_sockets, found_devices = tuple(sockets), tuple(sorted(set(devices)))
+        if found_sockets != entry.sockets or found_devices != entry.devices:
+            entry.sockets, entry.devices = found_sockets, found_devices
+            self._dirty = True
+
+
+def _holders(known: dict[int, _Known]) -> dict[str, set[int]]:
+    """/dev/nvidia* path -> the pids holding it."""
+    holders: dict[str, set[int]] = {}
+    for pid, entry in known.items():
+        for device in entry.devices:
+            holders.setdefault(device, set()).add(pid)
+    return holders
 
 
 def _owners(known: dict[int, _Known]) -> dict[int, int]:

@@ -45,6 +45,8 @@ class SamplerSettings:
     """At most this many processes per sample (`--max-processes`); more is a `process_cap` error."""
     max_connections: int = 4096
     """At most this many listening sockets, and as many connections, per sample (`--max-connections`)."""
+    refresh_every: int = 20
+    """Every process is re-read in full (status, cmdline, fd links) at least once per this many ticks."""
     max_fds: int = 65536
     """At most this many fd links are read per sample (a process can open a million files)."""
     own_pid: int = field(default_factory=os.getpid)
@@ -75,8 +77,12 @@ class HostCollector:
             max_processes=settings.max_processes,
             max_fds=settings.max_fds,
             exclude_device_holder=settings.own_pid,
+            refresh_every=settings.refresh_every,
         )
         self._sockets = sockets.SocketWatcher(settings.proc_root, max_sockets=settings.max_connections)
+
+    def close(self) -> None:
+        self._processes.close()
 
     def collect(self) -> HostState:
         inodes, net_errors = self._sockets.read()
@@ -94,8 +100,9 @@ class HostCollector:
 class DeadlineJob(Generic[T]):
     """Runs `collect` in its own thread, one call at a time, and waits for it no longer than a deadline."""
 
-    def __init__(self, name: str, collect: Callable[[], T]) -> None:
+    def __init__(self, name: str, collect: Callable[[], T], finalize: Callable[[], None] | None = None) -> None:
         self._collect = collect
+        self._finalize = finalize
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sensor-{name}")
         self._future: Future[T] | None = None
         self.last: T | None = None
@@ -129,7 +136,10 @@ class DeadlineJob(Generic[T]):
             self.last = future.result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop; `finalize` runs in the worker after any collection still running (never beside it)."""
+        if self._finalize is not None:
+            self._pool.submit(self._finalize)
+        self._pool.shutdown(wait=False)
 
 
 class Sampler:
@@ -149,7 +159,8 @@ class Sampler:
         self._monotonic = monotonic
         self._seq = 0
         self._attributor = GpuAttributor()
-        self._host = DeadlineJob("proc", HostCollector(settings).collect)
+        host = HostCollector(settings)
+        self._host = DeadlineJob("proc", host.collect, host.close)
         self._gpu = DeadlineJob("gpu", gpu_source.read)
 
     def tick(self) -> tuple[Sample, list[SensorError]]:

@@ -259,10 +259,11 @@ def read_tables(
 class _Slot:
     """One socket as the watcher remembers it: the decoded line and the object built for its owner."""
 
-    __slots__ = ("entry", "obj", "pid")
+    __slots__ = ("entry", "key", "obj", "pid")
 
-    def __init__(self, entry: SocketEntry) -> None:
+    def __init__(self, entry: SocketEntry, key: EntryKey) -> None:
         self.entry = entry
+        self.key = key
         self.pid: int | None = -1  # no object built yet
         self.obj: SocketObject = None
 
@@ -279,6 +280,9 @@ class SocketWatcher:
         self.max_sockets = max_sockets
         self.byteorder = byteorder
         self._slots: dict[EntryKey, _Slot] = {}
+        self._lines: dict[str, dict[str, _Slot]] = {}
+        """Per table, last tick's raw lines: an unchanged line is not even split."""
+        self._lines_next: dict[str, dict[str, _Slot]] = {}
         self._current: list[_Slot] = []
 
     def read(self) -> tuple[set[int], list[SensorError]]:
@@ -297,8 +301,17 @@ class SocketWatcher:
                 errors.append(SensorError(ErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
                 continue
             lines = raw.decode("ascii", "replace").splitlines()
+            seen_lines = self._lines.get(proto, {})
+            lines_now: dict[str, _Slot] = {}
+            self._lines_next[proto] = lines_now
             for number, line in enumerate(lines[1:], start=2):
-                fields = line.split()
+                known = seen_lines.get(line)  # an idle socket prints the very same line tick after tick
+                if known is not None:
+                    lines_now[line] = known
+                    slots[known.key] = known
+                    current.append(known)
+                    continue
+                fields = line.split(None, 10)  # the inode is the 10th; the rest need not be split
                 if len(fields) < 10:
                     if fields:
                         errors.append(
@@ -309,14 +322,16 @@ class SocketWatcher:
                 slot = previous.get(key) or slots.get(key)
                 if slot is None:
                     try:
-                        slot = _Slot(parse_fields(fields, proto, self.byteorder))
+                        slot = _Slot(parse_fields(fields, proto, self.byteorder), key)
                     except ValueError as exc:
                         errors.append(SensorError(ErrorKind.NET_READ, f"{path} line {number}: unparsable ({exc})"))
                         continue
                 slots[key] = slot
+                lines_now[line] = slot
                 current.append(slot)
         self._slots = slots
         self._current = current
+        self._lines, self._lines_next = self._lines_next, {}
         return {slot.entry.inode for slot in current}, errors
 
     def classify(self, owners: dict[int, int]) -> SocketScan:
