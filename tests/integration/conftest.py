@@ -1,6 +1,6 @@
 """Fixtures for the integration tests: a real Kubernetes control plane (etcd, kube-apiserver,
-kube-controller-manager built from controlplane/) for the whole session, with crds/ installed, and a fresh namespace
-per test.
+kube-controller-manager built from controlplane/) for the whole session (`control_plane`; `cluster` is the same with
+crds/ installed), and a fresh namespace per test (`namespace`).
 
 Nothing here is optional: if the control plane cannot be built or started, every integration test fails (errors in
 setup); none is skipped.
@@ -36,20 +36,29 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test under tests/integration, and build the control plane here rather than in a fixture, so that
-    a first build (minutes) does not count against a test's timeout."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration (before `-m` deselects)."""
     for item in items:
-        if HERE in Path(str(item.path)).parents:
+        if _is_integration(item):
             item.add_marker(pytest.mark.integration)
-    if not any(HERE in Path(str(item.path)).parents for item in items) or config.option.collectonly:
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control plane once the selection is final and only if an integration test was selected: here
+    rather than in a fixture, so that a first build (minutes) does not count against a test's timeout."""
+    if session.config.option.collectonly or not any(_is_integration(item) for item in session.items):
         return
-    capture = config.pluginmanager.getplugin("capturemanager")
+    capture = session.config.pluginmanager.getplugin("capturemanager")
     try:
         with capture.global_and_fixture_disabled():
             controlplane.build()
     except controlplane.ControlPlaneError as error:
         _build["error"] = str(error)
+
+
+def _is_integration(item: pytest.Item) -> bool:
+    return HERE in Path(str(item.path)).parents
 
 
 @dataclass
@@ -112,9 +121,9 @@ def crd_names() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Start the control plane for the session, install crds/, stop it at the end (and check that it stopped
-    cleanly, components included)."""
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Start the control plane for the session and stop it at the end, checking that it stopped cleanly, components
+    included. Nothing is installed: tests that need crds/ take `cluster`."""
     if "error" in _build:
         pytest.fail(f"the control plane could not be built: {_build['error']}", pytrace=False)
     try:
@@ -123,7 +132,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.fail(str(error), pytrace=False)
     try:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        cluster = Cluster(
+        yield Cluster(
             plane=plane,
             api=api,
             core=client.CoreV1Api(api),
@@ -133,11 +142,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             extensions=client.ApiextensionsV1Api(api),
             custom=client.CustomObjectsApi(api),
         )
-        assert CRDS, "crds/ holds no CRD to install"
-        cluster.kubectl("apply", "--server-side", "--field-manager=trainguard-tests", *(f"-f={p}" for p in CRDS))
-        for name in crd_names():
-            wait_for(lambda n=name: _crd_established(cluster.extensions, n), 30, f"CRD {name} is not Established")
-        yield cluster
     finally:
         children = plane.children() if plane.process.poll() is None else []
         code = plane.stop()
@@ -146,20 +150,31 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     assert not alive, f"control plane components still running after it stopped: {alive}"
 
 
+@pytest.fixture(scope="session")
+def cluster(control_plane: Cluster) -> Cluster:
+    """The session's control plane with crds/ installed (server-side apply) and Established."""
+    assert CRDS, "crds/ holds no CRD to install"
+    control_plane.kubectl("apply", "--server-side", "--field-manager=trainguard-tests", *(f"-f={p}" for p in CRDS))
+    for name in crd_names():
+        wait_for(lambda n=name: _crd_established(control_plane.extensions, n), 30, f"CRD {name} is not Established")
+    return control_plane
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 @pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(control_plane: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, with its default ServiceAccount in place (pods need it); deleted after."""
     base = _slug(request.node.name)[:40].strip("-")
     body: dict[str, Any] = {"metadata": {"generateName": f"t-{base}-", "labels": {"trainguard.io/test": "true"}}}
-    name: str = cluster.core.create_namespace(body).metadata.name
+    core = control_plane.core
+    name: str = core.create_namespace(body).metadata.name
 
     def default_sa() -> bool:
-        return any(sa.metadata.name == "default" for sa in cluster.core.list_namespaced_service_account(name).items)
+        return any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items)
 
     wait_for(default_sa, 30, f"the controller-manager made no default ServiceAccount in {name}")
     yield name
-    cluster.core.delete_namespace(name, propagation_policy="Background")
+    core.delete_namespace(name, propagation_policy="Background")

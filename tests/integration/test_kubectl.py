@@ -19,10 +19,10 @@ def test_get_atj_shows_printer_columns(cluster: Cluster, namespace: str) -> None
     assert out[1].split()[0] == "minimal", out
 
 
-def test_server_version_is_the_pinned_release(cluster: Cluster) -> None:
+def test_server_version_is_the_pinned_release(control_plane: Cluster) -> None:
     gomod = (ROOT / "controlplane" / "go.mod").read_text()
     pinned = next(line.split()[1] for line in gomod.splitlines() if line.strip().startswith("k8s.io/kubernetes v"))
 
-    out = cluster.kubectl("version", "-o", "yaml").stdout
+    out = control_plane.kubectl("version", "-o", "yaml").stdout
 
     assert f"gitVersion: {pinned}" in out.split("serverVersion:")[1], out

@@ -19,7 +19,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_port_in_use_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
+def test_port_in_use_is_a_clear_error(control_plane: Cluster, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -31,7 +31,7 @@ def test_port_in_use_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
 
 
-def test_unusable_data_dir_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
+def test_unusable_data_dir_is_a_clear_error(control_plane: Cluster, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
 
@@ -41,14 +41,14 @@ def test_unusable_data_dir_is_a_clear_error(cluster: Cluster, tmp_path: Path) ->
     assert f"data directory {not_a_dir} is unusable" in result.stderr, result.stderr
 
 
-def test_data_dir_in_use_is_a_clear_error(cluster: Cluster) -> None:
-    result = _run("--data-dir", str(cluster.plane.data_dir))
+def test_data_dir_in_use_is_a_clear_error(control_plane: Cluster) -> None:
+    result = _run("--data-dir", str(control_plane.plane.data_dir))
 
     assert result.returncode != 0
     assert "is in use by another control plane" in result.stderr, result.stderr
 
 
-def test_sigterm_stops_every_component(cluster: Cluster, tmp_path: Path) -> None:
+def test_sigterm_stops_every_component(control_plane: Cluster, tmp_path: Path) -> None:
     plane = controlplane.ControlPlane.start(controlplane.binary(), tmp_path / "data")
     try:
         assert plane.kubeconfig.is_file()
@@ -62,7 +62,7 @@ def test_sigterm_stops_every_component(cluster: Cluster, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("missing", ["--data-dir"])
-def test_missing_data_dir_flag(cluster: Cluster, missing: str) -> None:
+def test_missing_data_dir_flag(control_plane: Cluster, missing: str) -> None:
     result = _run()
 
     assert result.returncode != 0

@@ -20,12 +20,12 @@ def _status(call: Callable[[], object]) -> int:
     return 200
 
 
-def test_service_account_needs_a_role(cluster: Cluster, namespace: str) -> None:
-    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
-    token = cluster.core.create_namespaced_service_account_token(
+def test_service_account_needs_a_role(control_plane: Cluster, namespace: str) -> None:
+    control_plane.core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    token = control_plane.core.create_namespaced_service_account_token(
         "reader", namespace, {"spec": {"expirationSeconds": 600}}
     ).status.token
-    api = cluster.client_for_token(token)
+    api = control_plane.client_for_token(token)
     core = client.CoreV1Api(api)
 
     review = client.AuthenticationV1Api(api).create_self_subject_review({})
@@ -33,14 +33,14 @@ def test_service_account_needs_a_role(cluster: Cluster, namespace: str) -> None:
 
     assert _status(lambda: core.list_namespaced_pod(namespace)) == 403
 
-    cluster.rbac.create_namespaced_role(
+    control_plane.rbac.create_namespaced_role(
         namespace,
         {
             "metadata": {"name": "pod-reader"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
         },
     )
-    cluster.rbac.create_namespaced_role_binding(
+    control_plane.rbac.create_namespaced_role_binding(
         namespace,
         {
             "metadata": {"name": "reader-reads-pods"},
@@ -55,6 +55,6 @@ def test_service_account_needs_a_role(cluster: Cluster, namespace: str) -> None:
     assert _status(lambda: core.delete_collection_namespaced_pod(namespace)) == 403
 
 
-def test_bad_token_is_unauthorized(cluster: Cluster) -> None:
-    core = client.CoreV1Api(cluster.client_for_token("not-a-token"))
+def test_bad_token_is_unauthorized(control_plane: Cluster) -> None:
+    core = client.CoreV1Api(control_plane.client_for_token("not-a-token"))
     assert _status(core.list_namespace) == 401

@@ -125,9 +125,9 @@ def webhook(tmp_path: Path) -> Iterator[LabelWebhook]:
     server.server_close()
 
 
-def test_job_pod_passes_through_mutating_webhook(cluster: Cluster, namespace: str, webhook: LabelWebhook) -> None:
+def test_job_pod_passes_through_mutating_webhook(control_plane: Cluster, namespace: str, webhook: LabelWebhook) -> None:
     name = f"{namespace}-label"
-    cluster.admission.create_mutating_webhook_configuration(
+    control_plane.admission.create_mutating_webhook_configuration(
         {
             "metadata": {"name": name},
             "webhooks": [
@@ -153,13 +153,13 @@ def test_job_pod_passes_through_mutating_webhook(cluster: Cluster, namespace: st
         probe = {"metadata": {"name": "probe"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
 
         def webhook_active() -> bool:
-            created = cluster.core.create_namespaced_pod(namespace, probe, dry_run="All")
+            created = control_plane.core.create_namespaced_pod(namespace, probe, dry_run="All")
             return LABEL in (created.metadata.labels or {})
 
         wait_for(webhook_active, 30, "the API server does not call the webhook yet")
 
-        cluster.batch.create_namespaced_job(namespace, job_body("hooked"))
-        pod = wait_for(lambda: job_pods(cluster, namespace, "hooked"), 30, "the job controller made no pod")[0]
+        control_plane.batch.create_namespaced_job(namespace, job_body("hooked"))
+        pod = wait_for(lambda: job_pods(control_plane, namespace, "hooked"), 30, "the job controller made no pod")[0]
         assert pod.metadata.labels.get(LABEL) == "true", pod.metadata.labels
         by_job_controller = [
             r
@@ -169,4 +169,4 @@ def test_job_pod_passes_through_mutating_webhook(cluster: Cluster, namespace: st
         assert by_job_controller, [r["userInfo"]["username"] for r in webhook.requests]
         assert by_job_controller[0]["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
     finally:
-        cluster.admission.delete_mutating_webhook_configuration(name)
+        control_plane.admission.delete_mutating_webhook_configuration(name)
