@@ -17,7 +17,7 @@ Kubernetes minor version and add ~10,000 lines that trainguard never reads.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -40,6 +40,7 @@ Severity = Literal["Low", "Medium", "High", "Critical"]
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 ConditionType = Literal["Ready", "Enforcing", "Violating", "Degraded"]
 Protocol = Literal["TCP", "UDP", "SCTP"]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 #: Actions from mildest to strongest.
 ACTION_ORDER: tuple[Action, ...] = ("Alert", "Quarantine", "Suspend", "Delete")
@@ -190,25 +191,16 @@ class NetworkPolicySpec(ApiModel):
     allow_intra_job: bool = Field(
         default=True, description="Allow traffic between the pods of this job (e.g. NCCL, rendezvous)."
     )
-    listen_ports: list[int] = Field(
+    listen_ports: list[Port] = Field(
         default_factory=list,
+        max_length=256,
         description="Ports the workload may listen on (TCP or UDP). Any other listening socket is a violation.",
-        json_schema_extra={
-            "items": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "x-kubernetes-list-type": "set",
-        },
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     forbid_tunnels: bool = Field(
         default=True,
         description="Treat outbound SSH (port 22), miner-pool ports and tunnel tools as violations.",
     )
-
-    @model_validator(mode="after")
-    def _ports(self) -> NetworkPolicySpec:
-        for p in self.listen_ports:
-            if not 1 <= p <= 65535:
-                raise ValueError(f"listenPorts: {p} is not a port (1..65535)")
-        return self
 
 
 # --- gpu and process policy ------------------------------------------------------------------
