@@ -18,6 +18,17 @@ Between the rules and the decisions sit, for every rule alike:
   the job's lifetime in this engine; when a new violation raises them, every standing violation is
   re-judged, and `tick` re-judges them as they persist.
 
+**The steady-state fast path.** Most samples of a pod look like the one before: the same
+processes, listeners and connections, GPUs within their bounds. The engine remembers what it has
+already judged harmless, in sets keyed by exactly what the rules read (a process's command line and
+name, a listener's port, a connection's protocol, local and remote address and state) and proves
+a sample clean with a few C-level set lookups; only a sample with something not yet known to be
+harmless (or a pod with a finding being followed) is evaluated rule by rule. What is remembered
+stays true: the policy does not change, the job's pod IPs only grow, and a connection judged
+harmless because it is inbound is forgotten when the pod's listening ports change.
+`Engine(..., fast_path=False)` evaluates every sample rule by rule (the reference the tests
+compare it with).
+
 Times: a violation's first/last seen are sample times (`Sample.ts`); silence is judged by the
 injected clock against when the pod's last sample arrived, so a sensor with a skewed clock is
 neither silenced nor excused.
@@ -29,6 +40,8 @@ import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 
 from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import Action, Monitoring, Policy
@@ -38,17 +51,35 @@ from trainguard.detection.endpoints import parse_ip
 from trainguard.detection.escalation import Standing, choose_action
 from trainguard.detection.rules import (
     CHAIN,
+    GPU_BOUNDS,
+    GPU_WINDOW,
+    LISTENING,
+    NETWORK,
+    PROCESSES,
     RULES,
     SENSOR_SILENT,
+    SEQUENCE,
     Rule,
     RuleInput,
     active_sections,
+    outbound,
     sensor_silent,
 )
 from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
 from trainguard.detection.window import Window
 
 Clock = Callable[[], float]
+
+#: The fast path's keys, as C-level getters: what the rules read of a process (its policy facts are
+#: a function of its command line and name), of a GPU process (the same, as a 3-tuple so that a key
+#: never stands for both: what is harmless differs) and of a connection; and a listener's port.
+_PROCESS_KEY = attrgetter("cmdline", "name")
+_GPU_PROCESS_KEY = attrgetter("cmdline", "name", "name")
+_CONNECTION_KEY = attrgetter("proto", "local", "remote", "state")
+_PORT = attrgetter("port")
+_GPU_PROCESSES = attrgetter("processes")
+#: Known-harmless keys kept per pod before the set is emptied (and learned again).
+KNOWN_LIMIT = 4096
 
 
 class ManualClock:
@@ -91,6 +122,11 @@ class _Pod:
     #: When the pod's last sample arrived, by the engine's clock.
     last_heard: float
     tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
+    #: The fast path's memory: the keys of processes, GPU processes and connections known to be
+    #: no finding while the pod listens on `ports`, all exempt (None: not known yet). An inbound
+    #: connection is one to a port the pod listens on, so the set is emptied when they change.
+    known: set[tuple[str, ...]] = field(default_factory=set)
+    ports: tuple[int, ...] | None = None
 
 
 class Engine:
@@ -102,6 +138,8 @@ class Engine:
         context: EngineContext | None = None,
         clock: Clock = time.time,
         monitoring: Monitoring | None = None,
+        *,
+        fast_path: bool = True,
     ) -> None:
         self.context = context or EngineContext()
         self.policy = CompiledPolicy(policy, self.context)
@@ -120,6 +158,21 @@ class Engine:
         self._dry_run = enforcement.dry_run
         self._deb_samples = enforcement.debounce.samples
         self._deb_seconds = enforcement.debounce.seconds
+        # The fast path (see the module's docstring). The sample rules fall in two kinds: those
+        # reading what a sample holds (processes, listeners, connections), proven silent by the
+        # known-harmless sets, and those reading numbers (GPU bounds, the mining window, seq),
+        # checked at every sample as `active_sections` does.
+        self._fast = fast_path
+        sections = 0
+        for r in self._chain:
+            sections |= r.sections
+        self._window_on = bool(sections & GPU_WINDOW)
+        self._sequence_on = bool(sections & SEQUENCE)
+        assert not sections & ~(PROCESSES | NETWORK | LISTENING | GPU_BOUNDS | GPU_WINDOW | SEQUENCE)
+        # Bounds that no enabled rule reads are no reason to evaluate a sample.
+        b = self.policy.gpu_bounds
+        self._bounds = (b.utilization, b.memory_bytes, b.power_watts) if sections & GPU_BOUNDS else None
+        self._learn_ips = self.context.learn_pod_ips
 
     # --- the API -------------------------------------------------------------------------------
 
@@ -138,18 +191,36 @@ class Engine:
         now = self.clock()
         pod = self._pods.get(sample.pod)
         if pod is None:
-            pod = self._pods[sample.pod] = _Pod(Window(self.context.mining), now)
+            pod = self._pods[sample.pod] = _Pod(Window(self.context.mining, self._bounds), now)
         pod.last_heard = now
-        pod.window.push(sample)
+        window = pod.window
+        window.push(sample)
+        connections = sample.connections
         # A pod's addresses rarely change: learn from its first samples, then from every 16th.
-        if (
-            self.context.learn_pod_ips
-            and sample.connections
-            and (pod.window.samples < 4 or pod.window.samples % 16 == 0)
-        ):
+        if self._learn_ips and connections and (window.samples < 4 or window.samples % 16 == 0):
             self._learn(sample)
+        remember = self._fast and not pod.tracks
+        if (
+            remember
+            # The fast path: is the sample clean, nothing in it a rule could find?
+            # - its numbers: no GPU above a bound, no full mining window, seq not going back;
+            and not window.over_bounds
+            and not (window.full_gpus and self._window_on)
+            and not (self._sequence_on and window.previous_seq is not None and sample.seq < window.previous_seq)
+            # - what it holds: the same listening ports as when the pod's known set was filled, and
+            #   every process, GPU process and connection in that set.
+            and (tuple(map(_PORT, sample.listening)) if sample.listening else ()) == pod.ports
+            and pod.known.issuperset(
+                chain(
+                    map(_PROCESS_KEY, sample.processes),
+                    map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, sample.gpus))),
+                    map(_CONNECTION_KEY, connections),
+                )
+            )
+        ):
+            return []
         inp = RuleInput(
-            sample=sample, window=pod.window, policy=self.policy, now=now, job_ips=self._job_ips, quiet=self._quiet
+            sample=sample, window=window, policy=self.policy, now=now, job_ips=self._job_ips, quiet=self._quiet
         )
         findings: list[Finding] | None = None
         active = active_sections(inp)
@@ -162,6 +233,8 @@ class Engine:
                     findings = list(found)
                 else:
                     findings.extend(found)
+        if remember:
+            self._remember(pod, inp)
         if findings is None and not pod.tracks:
             return []
         return self._follow(sample.pod, pod, findings or [], sample.ts)
@@ -173,6 +246,8 @@ class Engine:
         out: list[Decision] = []
         silence = self.monitoring.sensor_silence_seconds
         for name, pod in self._pods.items():
+            if now - pod.last_heard < silence:
+                continue  # not silent (`sensor_silent` would find nothing): the common case
             finding = sensor_silent(pod.last_heard, now, silence)
             key = (SENSOR_SILENT, "")
             track = pod.tracks.get(key)
@@ -191,7 +266,7 @@ class Engine:
     def expect(self, pod: str, now: float | None = None) -> None:
         """Start watching a pod before its first sample, so that a sensor that never reports is silent."""
         if pod not in self._pods:
-            self._pods[pod] = _Pod(Window(self.context.mining), self.clock() if now is None else now)
+            self._pods[pod] = _Pod(Window(self.context.mining, self._bounds), self.clock() if now is None else now)
 
     def forget(self, pod: str, now: float | None = None) -> list[Decision]:
         """Stop watching a pod (it was deleted); its standing violations are cleared."""
@@ -207,6 +282,37 @@ class Engine:
         return sorted(out, key=lambda v: v.occurrence)
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _remember(self, pod: _Pod, inp: RuleInput) -> None:
+        """After a sample was evaluated rule by rule: remember what in it is harmless, for the fast path.
+
+        What is remembered stays harmless: the policy does not change and the job's pod IPs only
+        grow (a quiet remote stays quiet); inbound depends on the ports listened on, and the set is
+        emptied when they change.
+        """
+        sample = inp.sample
+        policy = self.policy
+        listening = tuple(map(_PORT, sample.listening))
+        known = pod.known
+        if listening != pod.ports or len(known) >= KNOWN_LIMIT:
+            known.clear()
+            # A port that is not exempt is a finding: such a pod is not clean, whatever it holds.
+            pod.ports = listening if all(policy.listen_exempt(port) for port in listening) else None
+        for p in sample.processes:
+            f = policy.process(p.name, p.cmdline)
+            if f.denied is None and f.tunnel is None and not f.unexpected:
+                known.add(_PROCESS_KEY(p))
+        for g in sample.gpus:
+            for gp in g.processes:
+                f = policy.process(gp.name, gp.cmdline)
+                if f.denied is None and not f.gpu_unexpected:
+                    known.add(_GPU_PROCESS_KEY(gp))
+        if sample.connections:
+            # The network rules read only the outbound connections: the others are no finding.
+            suspects = {id(c) for c, _ in outbound(inp)}
+            for c in sample.connections:
+                if id(c) not in suspects:
+                    known.add(_CONNECTION_KEY(c))
 
     def _learn(self, sample: Sample) -> None:
         learned = self._learned_locals

@@ -120,7 +120,9 @@ def _flagged_processes(inp: RuleInput) -> list[tuple[ProcessInfo, ProcessFacts]]
             f = by_name.get(p.name) if by_name is not None else None
             if f is None:
                 f = policy.process(p.name, p.cmdline)
-            if f is not CLEAN_PROCESS:
+            # A pod process is flagged only for what the pod-process rules read: a process that
+            # only a GPU allow-list would flag is not (`gpu.process.unexpected` reads GPU processes).
+            if f is not CLEAN_PROCESS and (f.denied is not None or f.tunnel is not None or f.unexpected):
                 out.append((p, f))
     return out
 
@@ -248,8 +250,8 @@ def gpu_mining_signature(inp: RuleInput) -> Sequence[Finding]:
     window = inp.window
     found: list[Finding] | None = None
     for index, series in window.gpus.items():
-        # Cheapest tests first: the window must be full and never drop below the floor.
-        if series.low or not series.full:
+        # Cheapest tests first: a full window, no sample below the floor (see `GpuSeries`).
+        if not series.full:
             continue
         mean = series.util_mean
         if mean < t.min_mean_utilization:
@@ -288,7 +290,7 @@ def gpu_mining_signature(inp: RuleInput) -> Sequence[Finding]:
 # --- network ---------------------------------------------------------------------------------
 
 
-def _outbound(inp: RuleInput) -> list[tuple[Connection, RemoteFacts]]:
+def outbound(inp: RuleInput) -> list[tuple[Connection, RemoteFacts]]:
     """The sample's outbound connections that the network rules must look at, with the policy's
     facts about their remotes: up or being attempted, not loopback, not inbound (a connection is
     inbound when its local port is one the pod listens on).
@@ -353,7 +355,7 @@ def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
     intra = inp.policy.egress.allow_intra_job
     job_ips = inp.job_ips
     found: list[Finding] | None = None
-    for c, f in _outbound(inp):
+    for c, f in outbound(inp):
         if c.state not in ESTABLISHED_STATES or f.allowed is not None or (intra and f.ip_key in job_ips):
             continue
         found = found or []
@@ -369,7 +371,7 @@ def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
     intra = inp.policy.egress.allow_intra_job
     job_ips = inp.job_ips
     found: list[Finding] | None = None
-    for c, f in _outbound(inp):
+    for c, f in outbound(inp):
         if f.tunnel is None or (intra and f.ip_key in job_ips):
             continue
         found = found or []
@@ -463,11 +465,9 @@ def active_sections(inp: RuleInput) -> int:
             if g.utilization > b.utilization or g.memory_used_bytes > b.memory_bytes or g.power_watts > b.power_watts:
                 active |= GPU_BOUNDS
                 break
-    for series in inp.window.gpus.values():
-        if not series.low and series.full:
-            active |= GPU_WINDOW
-            break
-    if s.connections and _outbound(inp):
+    if inp.window.full_gpus:
+        active |= GPU_WINDOW
+    if s.connections and outbound(inp):
         active |= NETWORK
     if s.listening:
         known = policy.listen_exempt_cache

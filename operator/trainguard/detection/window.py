@@ -1,7 +1,10 @@
 """A window over one pod's recent samples, with the rolling statistics the window rules read.
 
-The statistics are kept incrementally (O(1) per sample, whatever the window length), so that the
-mining-signature rule costs the same at a 60-sample window as at a 600-sample one.
+The mining signature needs a full window in which every sample is busy (utilization at or above the
+floor), so a GPU's series holds only its current *run* of busy samples, the last `length` of them:
+a sample below the floor ends the run and empties the series. A GPU that dips, as training does,
+costs one comparison per sample; a saturated one costs an O(1) update of running sums, whatever
+the window length.
 """
 
 from __future__ import annotations
@@ -14,29 +17,27 @@ from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
 
 
 class GpuSeries:
-    """One GPU's last `length` samples (utilization, power, framebuffer fraction) and their sums."""
+    """One GPU's current run of busy samples, the last `length` of them (utilization, power,
+    framebuffer fraction), and their sums. `full` means the last `length` samples were all busy."""
 
-    __slots__ = (
-        "length",
-        "low",
-        "low_below",
-        "mem_sum",
-        "power_sq",
-        "power_sum",
-        "util_sq",
-        "util_sum",
-        "values",
-    )
+    __slots__ = ("length", "low_below", "mem_sum", "power_sq", "power_sum", "util_sq", "util_sum", "values")
 
     def __init__(self, length: int, low_below: float) -> None:
         self.length = length
         self.low_below = low_below
         self.values: deque[tuple[float, float, float]] = deque()
         self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
-        #: Samples in the window whose utilization is below `low_below`.
-        self.low = 0
+
+    def reset(self) -> None:
+        """A sample below the floor: the run is over."""
+        self.values.clear()
+        self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
 
     def push(self, util: float, power: float, mem_fraction: float) -> None:
+        if util < self.low_below:
+            if self.values:
+                self.reset()
+            return
         values = self.values
         if len(values) == self.length:
             u, p, m = values.popleft()
@@ -45,19 +46,16 @@ class GpuSeries:
             self.power_sum -= p
             self.power_sq -= p * p
             self.mem_sum -= m
-            if u < self.low_below:
-                self.low -= 1
         values.append((util, power, mem_fraction))
         self.util_sum += util
         self.util_sq += util * util
         self.power_sum += power
         self.power_sq += power * power
         self.mem_sum += mem_fraction
-        if util < self.low_below:
-            self.low += 1
 
     @property
     def full(self) -> bool:
+        """The window is full and no sample in it is below the floor."""
         return len(self.values) == self.length
 
     @property
@@ -93,11 +91,29 @@ class GpuSeries:
 class Window:
     """The recent samples of one pod: the previous sample's seq, per-GPU series, DCGM tensor activity."""
 
-    __slots__ = ("_thresholds", "gpus", "previous_seq", "samples", "seq", "tensor", "tensor_sum")
+    __slots__ = (
+        "_bounds",
+        "_thresholds",
+        "full_gpus",
+        "gpus",
+        "over_bounds",
+        "previous_seq",
+        "samples",
+        "seq",
+        "tensor",
+        "tensor_sum",
+    )
 
-    def __init__(self, thresholds: MiningThresholds) -> None:
+    def __init__(self, thresholds: MiningThresholds, bounds: tuple[float, float, float] | None = None) -> None:
         self._thresholds = thresholds
+        inf = float("inf")
+        #: (utilization, memory bytes, power watts) above which a GPU is `over_bounds`.
+        self._bounds = bounds or (inf, inf, inf)
         self.gpus: dict[int, GpuSeries] = {}
+        #: How many of the GPUs' series are full (a full window of busy samples) after the latest sample.
+        self.full_gpus = 0
+        #: Whether a GPU of the latest sample was above one of `bounds`.
+        self.over_bounds = False
         #: The seq of the sample before the latest one (None before the second sample).
         self.previous_seq: int | None = None
         self.seq: int | None = None
@@ -113,17 +129,28 @@ class Window:
         self.samples += 1
         gpus = self.gpus
         seen = 0
+        full = 0
+        over = False
+        max_util, max_mem, max_power = self._bounds
         for g in sample.gpus:
+            seen += 1
             series = gpus.get(g.index)
             if series is None:
                 t = self._thresholds
                 series = gpus[g.index] = GpuSeries(t.window_samples, t.min_utilization)
-            total = g.memory_total_bytes
             util = g.utilization
             power = g.power_watts
-            mem = g.memory_used_bytes / total if total else 1.0
-            # GpuSeries.push, inlined: this runs for every GPU of every sample.
+            used = g.memory_used_bytes
+            if util > max_util or used > max_mem or power > max_power:
+                over = True
             values = series.values
+            # GpuSeries.push, inlined: this runs for every GPU of every sample.
+            if util < series.low_below:
+                if values:
+                    series.reset()
+                continue
+            total = g.memory_total_bytes
+            mem = used / total if total else 1.0
             if len(values) == series.length:
                 u, p, m = values.popleft()
                 series.util_sum -= u
@@ -131,22 +158,22 @@ class Window:
                 series.power_sum -= p
                 series.power_sq -= p * p
                 series.mem_sum -= m
-                if u < series.low_below:
-                    series.low -= 1
             values.append((util, power, mem))
             series.util_sum += util
             series.util_sq += util * util
             series.power_sum += power
             series.power_sq += power * power
             series.mem_sum += mem
-            if util < series.low_below:
-                series.low += 1
-            seen += 1
+            if len(values) == series.length:
+                full += 1
         if seen != len(gpus):
             # A GPU that is missing from a sample starts over: its window is no longer consecutive.
             present = {g.index for g in sample.gpus}
             for index in [i for i in gpus if i not in present]:
                 del gpus[index]
+            full = sum(1 for s in gpus.values() if s.full)
+        self.full_gpus = full
+        self.over_bounds = over
         tensor = sample.dcgm.get(DCGM_TENSOR_ACTIVE) if sample.dcgm else None
         tq = self.tensor
         if len(tq) == tq.maxlen:
