@@ -2,8 +2,9 @@
 
 Two runs: a fake /proc with 500 processes and 2,000 sockets (generated into a temporary directory),
 and this machine's real /proc. Goals (issue #5): at most 10 ms of CPU per sample (1 % of one core
-at 1 Hz) and at most 50 MiB of resident memory. Each run builds full samples (collection, GPU
-attribution, the pydantic model) and serialises them to JSON, as the sensor does every tick.
+at 1 Hz) and at most 50 MiB of resident memory. Each run does what the sensor does every tick:
+collection, GPU attribution, the pydantic model, and publishing it to the stream (`SampleHub.publish`:
+serialised to JSON once).
 
 Peak RSS is the sensor's own process (this one, which imports only what `trainguard sensor` does),
 measured in a child process per run so that one run does not inflate the other.
@@ -24,6 +25,7 @@ from pathlib import Path
 from trainguard.api.sample import Sample
 from trainguard.sensor.gpu import NoGpuSource
 from trainguard.sensor.sampler import Sampler, SamplerSettings
+from trainguard.sensor.stream import SampleHub
 
 PROCESSES = 500
 SOCKETS = 2000
@@ -84,9 +86,17 @@ def make_fake_proc(root: Path, processes: int = PROCESSES, sockets: int = SOCKET
         kind = n % 10
         state = "0A" if n % 7 == 0 else "01"
         remote_port = "0000" if state == "0A" else f"{rng.randint(1, 65535):04X}"
-        # ESTABLISHED TCP sockets carry a keepalive timer ({timer}): with --churn it changes every tick.
-        timer = "{timer}" if state == "01" and kind < 8 else "00:00000000"
-        tail = f"00000000:00000000 {timer} 00000000  1000        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
+        # An ESTABLISHED TCP socket's line changes all the time: send/receive queues, the timer (keepalive
+        # or retransmit) with its countdown, retransmits, and the congestion window. With churn, all of
+        # these ({queues}, {timer}, {retransmits}, {cwnd}) read differently at every tick; the addresses,
+        # the state and the inode do not. Listening and UDP lines stay the same.
+        busy = state == "01" and kind < 8
+        queues, timer, retransmits, cwnd = (
+            ("{queues}", "{timer}", "{retransmits}", "{cwnd}")
+            if busy
+            else ("00000000:00000000", "00:00000000", "00000000", "10")
+        )
+        tail = f"{queues} {timer} {retransmits}  1000        0 {inode} 1 0000000000000000 20 4 30 {cwnd} -1\n"
         if kind < 6:
             remote = "00000000" if state == "0A" else _v4(rng)
             tcp.append(
@@ -108,10 +118,12 @@ def make_fake_proc(root: Path, processes: int = PROCESSES, sockets: int = SOCKET
 
 
 def write_tables(root: Path, tick: int) -> None:
-    """The /proc/net tables at `tick`: every keepalive timer reads differently at each tick."""
+    """The /proc/net tables at `tick`: every ESTABLISHED TCP line reads differently at each tick."""
     for name in ("tcp", "tcp6", "udp", "udp6"):
-        template = (root / "net" / f"{name}.template").read_text()
-        (root / "net" / name).write_text(template.replace("{timer}", f"02:{tick:08X}"))
+        text = (root / "net" / f"{name}.template").read_text()
+        text = text.replace("{queues}", f"{tick * 1448 % (1 << 32):08X}:{tick % 4096:08X}")
+        text = text.replace("{timer}", f"02:{tick:08X}").replace("{retransmits}", f"{tick % 3:08X}")
+        (root / "net" / name).write_text(text.replace("{cwnd}", str(10 + tick % 90)))
 
 
 def measure(
@@ -126,6 +138,7 @@ def measure(
         SamplerSettings(pod="bench/sensor", proc_root=proc_root, max_processes=100_000, max_connections=100_000),
         NoGpuSource(),
     )
+    hub = SampleHub()  # what `trainguard sensor` does with each sample: serialise it once, queue it for readers
     tick = 0
 
     def timed_sample() -> float:
@@ -135,7 +148,7 @@ def measure(
             write_tables(Path(proc_root), tick)
         cpu0 = time.process_time()
         sample, _ = sampler.tick()
-        sample.model_dump_json(by_alias=True)
+        hub.publish(sample)
         used = time.process_time() - cpu0
         last[0] = sample
         return used

@@ -24,7 +24,7 @@ from trainguard.sensor.gpu import GpuSource, NoGpuSource, NvmlGpuSource, ReplayG
 from trainguard.sensor.metrics import SensorMetrics
 from trainguard.sensor.sampler import Sampler, SamplerSettings, run_loop
 from trainguard.sensor.server import SensorServer
-from trainguard.sensor.stream import SampleHub
+from trainguard.sensor.stream import SampleEncoder, SampleHub
 
 log = logging.getLogger("trainguard.sensor")
 
@@ -164,10 +164,11 @@ def _record(sampler: Sampler, path: Path, stop: threading.Event, duration_s: flo
     except OSError as exc:
         log.error("cannot write %s: %s", path, exc.strerror or exc)
         return 1
+    encoder = SampleEncoder()
     with trace:
 
         def write(sample: Sample, errors: list[SensorError], seconds: float) -> None:
-            trace.write(sample.model_dump_json(by_alias=True).encode() + b"\n")
+            trace.write(encoder.encode(sample) + b"\n")
             trace.flush()
 
         count = run_loop(sampler, write, stop, duration_s=duration_s)

@@ -124,6 +124,20 @@ def list_pids(proc_root: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(proc_root) if name.isascii() and name.isdigit())
 
 
+def stat_signature(text: str) -> tuple[str, str, str]:
+    """What `parse_stat` reads, unconverted: (pid and comm up to the last ')', ppid, starttime).
+
+    Two stat texts of which `parse_stat` accepts the first have equal signatures only if it returns
+    the same for both (the state field aside: check that it is one character). The other fields (CPU
+    times, memory) change all the time and are not compared. ("", "", "") when there are too few fields.
+    """
+    cut = text.rfind(")")
+    rest = text[cut + 1 :].split(None, 20)
+    if len(rest) < 20:
+        return ("", "", "")
+    return (text[:cut], rest[1], rest[19])
+
+
 @dataclass(slots=True)
 class _Known:
     """What the watcher remembers of one process between ticks."""
@@ -139,6 +153,8 @@ class _Known:
     """/proc/<pid>/stat kept open: re-read with pread, no path lookup; ESRCH once the process is gone."""
     dir_fd: int = -1
     """/proc/<pid>/fd kept open: fstat gives the fd count, links are read relative to it."""
+    stat_sig: tuple[str, str, str] = ("", "", "")
+    """`stat_signature` of the stat text this entry was made from."""
 
 
 @dataclass(slots=True)
@@ -211,10 +227,46 @@ class ProcessWatcher:
         budget = _FdBudget(self.max_fds)
         known: dict[int, _Known] = {}
         fresh: set[int] = set()
+        every = self.refresh_every
+        phase = tick % every
+        previous = self._known
+        pread, fstat = os.pread, os.fstat
         for pid in pids:
-            refresh = pid % self.refresh_every == tick % self.refresh_every
+            prev = previous.get(pid)
+            raw: bytes | None = None
+            if prev is not None and prev.dir_fd >= 0 and prev.stat_fd >= 0 and not prev.denied and pid % every != phase:
+                # The common case, inlined: a known process whose pid, comm, ppid and start time are as
+                # they were, and whose fd count is too. Anything else goes the long way (_observe).
+                try:
+                    raw = pread(prev.stat_fd, MAX_FILE_BYTES, 0)
+                except OSError:
+                    raw = None
+                else:
+                    text = raw.decode("utf-8", "replace")
+                    cut = text.rfind(")")
+                    rest = text[cut + 1 :].split(None, 20)
+                    sig = prev.stat_sig
+                    if (
+                        len(rest) >= 20
+                        and rest[19] == sig[2]
+                        and rest[1] == sig[1]
+                        and text[:cut] == sig[0]
+                        and len(rest[0]) == 1
+                        and self._held <= self.max_held
+                    ):
+                        try:
+                            fd_count = fstat(prev.dir_fd).st_size
+                        except OSError:
+                            fd_count = -2  # _check_fds finds it gone
+                        if fd_count == prev.fd_count:
+                            known[pid] = prev
+                            continue
+                        checked = self._check_fds(pid, prev, budget, fresh, result.errors)
+                        if checked is not None:
+                            known[pid] = checked
+                        continue
             entry = self._observe(
-                pid, self._known.get(pid), refresh=refresh, budget=budget, fresh=fresh, errors=result.errors
+                pid, prev, refresh=pid % every == phase, budget=budget, fresh=fresh, errors=result.errors, raw=raw
             )
             if entry is not None:
                 known[pid] = entry
@@ -272,11 +324,14 @@ class ProcessWatcher:
         budget: _FdBudget,
         fresh: set[int],
         errors: list[SensorError],
+        raw: bytes | None = None,
     ) -> _Known | None:
-        """This tick's view of one process; None when it is gone or unreadable."""
+        """This tick's view of one process; None when it is gone or unreadable.
+
+        `raw`: its stat, already read through prev's held file this tick.
+        """
         base = f"{self.proc_root}/{pid}"
-        raw: bytes | None = None
-        if prev is not None and prev.stat_fd >= 0:
+        if raw is None and prev is not None and prev.stat_fd >= 0:
             try:
                 raw = os.pread(prev.stat_fd, MAX_FILE_BYTES, 0)
             except OSError:  # that process is gone; if the pid is listed, it is another process now
@@ -292,8 +347,9 @@ class ProcessWatcher:
                 if exc.errno not in _GONE:
                     errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
                 return None
+        text = raw.decode("utf-8", "replace")
         try:
-            _, comm, ppid, starttime = parse_stat(raw.decode("utf-8", "replace"))
+            _, comm, ppid, starttime = parse_stat(text)
         except ValueError as exc:
             self._close(opened)
             errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: unparsable ({exc})"))
@@ -303,11 +359,13 @@ class ProcessWatcher:
             entry = prev
             reread = refresh or prev.comm != comm  # the rolling refresh, or an exec
             if reread:
-                info = self._read_info(pid, comm, ppid, errors)
+                info = self._read_info(pid, comm, ppid, errors, prev.record.info)
                 if info is None:
                     self._close(opened)
                     return None
-                entry.record, entry.comm, entry.fd_count = ProcessRecord(info, starttime), comm, -1
+                if info is not prev.record.info:
+                    entry.record = ProcessRecord(info, starttime)
+                entry.comm, entry.fd_count = comm, -1
             elif prev.record.info.ppid != ppid:  # reparented: its parent exited
                 entry.record = ProcessRecord(prev.record.info.model_copy(update={"ppid": ppid}), starttime)
         else:
@@ -320,6 +378,7 @@ class ProcessWatcher:
             entry = _Known(ProcessRecord(info, starttime), comm, -1)
         if opened >= 0:
             entry.stat_fd = self._hold(opened)
+        entry.stat_sig = stat_signature(text)
         if entry.denied and not reread:
             return entry  # its owner does not change often; the rolling refresh retries
         return self._check_fds(pid, entry, budget, fresh, errors)
@@ -384,7 +443,11 @@ class ProcessWatcher:
         with contextlib.suppress(Exception):
             self.close()
 
-    def _read_info(self, pid: int, comm: str, ppid: int, errors: list[SensorError]) -> ProcessInfo | None:
+    def _read_info(
+        self, pid: int, comm: str, ppid: int, errors: list[SensorError], last: ProcessInfo | None = None
+    ) -> ProcessInfo | None:
+        """pid's entry, or None when it is gone; `last` itself when nothing changed (so that its JSON,
+        cached by the SampleEncoder, is reused)."""
         base = f"{self.proc_root}/{pid}"
         try:
             status_text = _read_file(f"{base}/status", MAX_FILE_BYTES).decode("utf-8", "replace")
@@ -398,7 +461,11 @@ class ProcessWatcher:
         except ValueError as exc:
             errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/status: unparsable ({exc})"))
             uid = -1
-        return ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=parse_cmdline(cmdline_raw), uid=uid)
+        cmdline = parse_cmdline(cmdline_raw)
+        fields = (pid, ppid, comm, cmdline, uid)
+        if last is not None and (last.pid, last.ppid, last.name, last.cmdline, last.uid) == fields:
+            return last
+        return ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=cmdline, uid=uid)
 
     def _rescan_fds(self, pid: int, entry: _Known, budget: _FdBudget, errors: list[SensorError]) -> None:
         """Read pid's fd links: the sockets and /dev/nvidia* it holds go into entry."""

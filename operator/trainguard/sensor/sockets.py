@@ -12,6 +12,7 @@ comes from the socket's inode, found in some /proc/<pid>/fd (see `processes.scan
 
 from __future__ import annotations
 
+import operator
 import os
 import socket
 import sys
@@ -259,38 +260,58 @@ def read_tables(
 class _Slot:
     """One socket as the watcher remembers it: the decoded line and the object built for its owner."""
 
-    __slots__ = ("entry", "key", "obj", "pid")
+    __slots__ = ("entry", "inode", "key", "obj", "pid")
 
     def __init__(self, entry: SocketEntry, key: EntryKey) -> None:
         self.entry = entry
         self.key = key
+        self.inode = entry.inode
         self.pid: int | None = -1  # no object built yet
         self.obj: SocketObject = None
+
+
+@dataclass(slots=True)
+class _Table:
+    """One /proc/net table as the watcher read it at the last tick."""
+
+    raw: bytes = b""
+    lines: dict[str, _Slot] = field(default_factory=dict)
+    """Raw line -> its socket: an idle socket prints the very same line tick after tick."""
+    keys: dict[EntryKey, _Slot] = field(default_factory=dict)
+    slots: list[_Slot] = field(default_factory=list)
+    """In table order."""
+    errors: list[SensorError] = field(default_factory=list)
 
 
 class SocketWatcher:
     """Reads the tables once per tick, decoding only lines and building only objects that are new.
 
-    A line is known by its addresses, state and inode (the queue and timer columns change all the
-    time and do not matter here). Memory is bounded: only the current tick's sockets are kept.
+    A table byte for byte the same as at the last tick is not even split into lines. A line the same
+    as one of the last tick's is not split into fields. A line whose queue, timer or retransmit columns
+    changed (most ESTABLISHED sockets, every tick) is split once and known by its addresses, state and
+    inode: only a line with a new one of those is decoded. When the tick's sockets are the last tick's,
+    in the same order, and their owners are too, the last tick's lists are returned again (copies of
+    them, holding the same objects). Memory is bounded: only the current tick's sockets are kept.
     """
 
     def __init__(self, proc_root: str = "/proc", *, max_sockets: int = 4096, byteorder: Byteorder = HOST_ORDER) -> None:
         self.proc_root = proc_root
         self.max_sockets = max_sockets
         self.byteorder = byteorder
-        self._slots: dict[EntryKey, _Slot] = {}
-        self._lines: dict[str, dict[str, _Slot]] = {}
-        """Per table, last tick's raw lines: an unchanged line is not even split."""
-        self._lines_next: dict[str, dict[str, _Slot]] = {}
+        self._tables: dict[str, _Table] = {}
         self._current: list[_Slot] = []
+        self._inodes: set[int] = set()
+        self._same = False
+        """The last read found the very same sockets as the one before, in the same order."""
+        self._classified: tuple[list[int | None], int, SocketScan] | None = None
+        """The owners (per socket of _current), max_sockets and the result of the last classify of
+        these sockets (None when the sockets changed since)."""
 
     def read(self) -> tuple[set[int], list[SensorError]]:
         """Read the tables; returns the socket inodes now (the process scan finds their owners)."""
-        previous = self._slots
-        slots: dict[EntryKey, _Slot] = {}
         current: list[_Slot] = []
         errors: list[SensorError] = []
+        tables: dict[str, _Table] = {}
         for proto in TABLES:
             path = f"{self.proc_root}/net/{proto}"
             try:
@@ -300,18 +321,33 @@ class SocketWatcher:
             except OSError as exc:
                 errors.append(SensorError(ErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
                 continue
-            lines = raw.decode("ascii", "replace").splitlines()
-            seen_lines = self._lines.get(proto, {})
-            lines_now: dict[str, _Slot] = {}
-            self._lines_next[proto] = lines_now
-            for number, line in enumerate(lines[1:], start=2):
-                known = seen_lines.get(line)  # an idle socket prints the very same line tick after tick
-                if known is not None:
-                    lines_now[line] = known
-                    slots[known.key] = known
-                    current.append(known)
-                    continue
-                fields = line.split(None, 10)  # the inode is the 10th; the rest need not be split
+            table = self._tables.get(proto)
+            if table is None or table.raw != raw:
+                table = self._parse(proto, path, raw, table or _Table())
+            tables[proto] = table
+            current += table.slots
+            errors += table.errors
+        self._tables = tables
+        self._same = len(current) == len(self._current) and all(map(operator.is_, current, self._current))
+        if not self._same:
+            self._inodes = {slot.inode for slot in current}
+            self._classified = None
+        self._current = current
+        return set(self._inodes), errors
+
+    def _parse(self, proto: str, path: str, raw: bytes, last: _Table) -> _Table:
+        """This tick's table, reusing what `last` (the last tick's) decoded."""
+        table = _Table(raw)
+        lines_now, keys, errors = table.lines, table.keys, table.errors
+        slots = table.slots
+        append = slots.append
+        seen_get, previous_get = last.lines.get, last.keys.get
+        for number, line in enumerate(raw.decode("ascii", "replace").splitlines()[1:], start=2):
+            slot = seen_get(line)
+            if slot is None:
+                # Addresses and state are the 2nd to 4th fields, the inode the 10th, split on
+                # whitespace (not at fixed columns); the rest is left unsplit.
+                fields = line.split(None, 10)
                 if len(fields) < 10:
                     if fields:
                         errors.append(
@@ -319,29 +355,31 @@ class SocketWatcher:
                         )
                     continue
                 key = (proto, fields[1], fields[2], fields[3], fields[9])
-                slot = previous.get(key) or slots.get(key)
+                slot = previous_get(key) or keys.get(key)
                 if slot is None:
                     try:
                         slot = _Slot(parse_fields(fields, proto, self.byteorder), key)
                     except ValueError as exc:
                         errors.append(SensorError(ErrorKind.NET_READ, f"{path} line {number}: unparsable ({exc})"))
                         continue
-                slots[key] = slot
-                lines_now[line] = slot
-                current.append(slot)
-        self._slots = slots
-        self._current = current
-        self._lines, self._lines_next = self._lines_next, {}
-        return {slot.entry.inode for slot in current}, errors
+            lines_now[line] = slot
+            keys[slot.key] = slot
+            append(slot)
+        return table
 
     def classify(self, owners: dict[int, int]) -> SocketScan:
         """The sockets of the last read as listening sockets and connections, with owners."""
-        return _split(self._objects(owners), self.max_sockets)
+        pids = [owners.get(slot.inode) if slot.inode else None for slot in self._current]
+        last = self._classified
+        if last is not None and last[0] == pids and last[1] == self.max_sockets:
+            done = last[2]
+            return SocketScan(list(done.listening), list(done.connections), list(done.errors))
+        result = _split(self._objects(pids), self.max_sockets)
+        self._classified = (pids, self.max_sockets, result)
+        return SocketScan(list(result.listening), list(result.connections), list(result.errors))
 
-    def _objects(self, owners: dict[int, int]) -> Iterator[SocketObject]:
-        for slot in self._current:
-            inode = slot.entry.inode
-            pid = owners.get(inode) if inode else None
+    def _objects(self, pids: list[int | None]) -> Iterator[SocketObject]:
+        for slot, pid in zip(self._current, pids, strict=True):
             if slot.pid != pid:
                 slot.obj = to_object(slot.entry, pid)
                 slot.pid = pid

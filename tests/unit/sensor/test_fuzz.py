@@ -95,3 +95,60 @@ def test_odd_stat_contents(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "3" / "stat").write_bytes(content)
     scan = processes.ProcessWatcher(str(tmp_path)).scan()
     assert all(e.kind.value == "proc_read" for e in scan.errors)
+
+
+stat_field = st.one_of(st.integers(min_value=0, max_value=10**6).map(str), hexish, one_line_text)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+            st.lists(stat_field, min_size=0, max_size=24),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_watcher_that_kept_its_state_agrees_with_a_fresh_one(stats: list[tuple[str, list[str]]]) -> None:
+    """Whatever a process's stat turns into, the incremental read equals a read from scratch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "5" / "fd").mkdir(parents=True)
+        (root / "5" / "status").write_text("Uid:\t1\t1\t1\t1\n")
+        (root / "5" / "cmdline").write_bytes(b"ok\0")
+        (root / "5" / "stat").write_text("5 (ok) S 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 50 0 0\n")
+        kept = processes.ProcessWatcher(tmp, refresh_every=1000)
+        kept.scan()
+        for comm, fields in stats:
+            # Mostly a valid line with some fields changed; sometimes anything at all.
+            base = [
+                "S",
+                "1",
+                "5",
+                "5",
+                "0",
+                "-1",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "0",
+                "20",
+                "0",
+                "1",
+                "0",
+                "50",
+            ]
+            text = f"5 ({comm}) " + " ".join(fields + base[len(fields) :]) + "\n"
+            (root / "5" / "stat").write_text(text)
+            if comm != "ok":
+                (root / "5" / "cmdline").write_bytes(comm.encode() + b"\0")  # an exec
+            got, fresh = kept.scan(), processes.ProcessWatcher(tmp).scan()
+            assert [r.info for r in got.processes] == [r.info for r in fresh.processes]
+            assert [e.message for e in got.errors] == [e.message for e in fresh.errors]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.sensor.conftest import real_listener_pid
+from trainguard.api.sample import ProcessInfo
 from trainguard.sensor import processes
 from trainguard.sensor.errors import ErrorKind
 
@@ -158,3 +159,44 @@ def test_real_proc_lists_this_process() -> None:
     me = next(r.info for r in scan.processes if r.pid == os.getpid())
     assert me.uid == os.getuid()
     assert "pytest" in me.cmdline or "python" in me.cmdline
+
+
+def _stat(pid: int, comm: str, ppid: int, starttime: int, utime: int = 5) -> str:
+    fields = f"S {ppid} {pid} {pid} 0 -1 4194560 100 0 0 0 {utime} 3 0 0 20 0 1 0 {starttime} 12345678 300 0"
+    return f"{pid} ({comm}) {fields}\n"
+
+
+def _info(watcher: processes.ProcessWatcher, pid: int) -> ProcessInfo:
+    return next(r.info for r in watcher.scan().processes if r.pid == pid)
+
+
+def test_changing_cpu_times_keep_the_entry_but_ppid_start_time_and_exec_are_seen(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    stat = root / "9" / "stat"
+    stat.write_text(_stat(9, "ssh", 7, 300))
+    watcher = processes.ProcessWatcher(str(root), refresh_every=1000)
+    first = _info(watcher, 9)
+    stat.write_text(_stat(9, "ssh", 7, 300, utime=999))  # only CPU times moved
+    assert _info(watcher, 9) is first
+    stat.write_text(_stat(9, "ssh", 1, 300, utime=1000))  # reparented
+    assert _info(watcher, 9) == first.model_copy(update={"ppid": 1})
+    # Same pid, another start time: another process, read in full although comm is the same.
+    (root / "9" / "cmdline").write_bytes(b"ssh\0-N\0other\0")
+    stat.write_text(_stat(9, "ssh", 1, 4000))
+    assert _info(watcher, 9) == ProcessInfo(pid=9, ppid=1, name="ssh", cmdline="ssh -N other", uid=1000)
+    # An exec: comm and cmdline change; CPU times too.
+    (root / "9" / "cmdline").write_bytes(b"python\0-c\0pass\0")
+    stat.write_text(_stat(9, "python", 1, 4000, utime=7))
+    assert _info(watcher, 9) == ProcessInfo(pid=9, ppid=1, name="python", cmdline="python -c pass", uid=1000)
+    # A stat that stops parsing is an error and the process is left out, as on the first read.
+    stat.write_text("9 (python) S 1\n")
+    scan = watcher.scan()
+    assert 9 not in [r.pid for r in scan.processes] and any("9/stat" in e.message for e in scan.errors)
+
+
+def test_rolling_refresh_keeps_an_unchanged_entry_as_the_same_object(handmade: str) -> None:
+    watcher = processes.ProcessWatcher(handmade, refresh_every=2)
+    first = {r.pid: r.info for r in watcher.scan().processes}
+    for _ in range(3):
+        again = {r.pid: r.info for r in watcher.scan().processes}
+        assert all(again[pid] is first[pid] for pid in first)

@@ -116,3 +116,76 @@ def test_missing_ipv6_tables_are_not_errors(tmp_path: Path) -> None:
     (tmp_path / "net" / "tcp").write_text("header\n")
     entries, errors = sockets.read_tables(str(tmp_path))
     assert entries == [] and errors == []
+
+
+HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def _tcp_line(sl: int, remote: str, state: str, inode: int, tick: int) -> str:
+    """A /proc/net/tcp line whose queue, timer and retransmit columns (and cwnd) differ at each tick."""
+    return (
+        f"{sl:4d}: 0500000A:A112 {remote} {state} {tick:08X}:{tick * 3:08X} 02:{tick:08X} {tick % 5:08X}  1000"
+        f"        0 {inode} 1 0000000000000000 20 4 30 {10 + tick} -1\n"
+    )
+
+
+def _write_tcp(root: Path, *lines: str) -> None:
+    (root / "net").mkdir(exist_ok=True)
+    (root / "net" / "tcp").write_text(HEADER + "".join(lines))
+
+
+def _connections(watcher: sockets.SocketWatcher, owners: dict[int, int]) -> list[Connection]:
+    watcher.read()
+    return watcher.classify(owners).connections
+
+
+def test_watcher_with_churning_columns_reuses_the_socket_and_agrees_with_a_fresh_parse(tmp_path: Path) -> None:
+    watcher = sockets.SocketWatcher(str(tmp_path), byteorder="little")
+    seen = []
+    for tick in range(3):
+        _write_tcp(
+            tmp_path, _tcp_line(0, "097100CB:0016", "01", 5001, tick), _tcp_line(1, "097100CB:0017", "01", 5002, tick)
+        )
+        conns = _connections(watcher, {5001: 7})
+        entries, errors = sockets.read_tables(str(tmp_path), "little")
+        assert errors == [] and conns == sockets.classify(entries, {5001: 7}, max_sockets=100).connections
+        seen.append(conns)
+    assert seen[0][0].remote == "203.0.113.9:22" and seen[0][0].pid == 7
+    assert all(a is b for a, b in zip(seen[0], seen[2], strict=True))  # same objects: nothing re-decoded
+
+
+def test_watcher_sees_a_state_change_of_the_same_socket(tmp_path: Path) -> None:
+    watcher = sockets.SocketWatcher(str(tmp_path), byteorder="little")
+    _write_tcp(tmp_path, _tcp_line(0, "097100CB:0016", "01", 5001, 1))
+    assert [c.state for c in _connections(watcher, {5001: 7})] == ["ESTABLISHED"]
+    _write_tcp(tmp_path, _tcp_line(0, "097100CB:0016", "08", 5001, 2))  # the peer closed: CLOSE_WAIT
+    assert [(c.state, c.pid) for c in _connections(watcher, {5001: 7})] == [("CLOSE_WAIT", 7)]
+
+
+def test_watcher_sees_a_reused_inode_for_a_new_connection(tmp_path: Path) -> None:
+    watcher = sockets.SocketWatcher(str(tmp_path), byteorder="little")
+    _write_tcp(tmp_path, _tcp_line(0, "097100CB:0016", "01", 5001, 1))
+    assert [c.remote for c in _connections(watcher, {5001: 7})] == ["203.0.113.9:22"]
+    _write_tcp(tmp_path, _tcp_line(0, "0900000A:01BB", "01", 5001, 2))  # inode numbers are recycled
+    assert [(c.remote, c.pid) for c in _connections(watcher, {5001: 9})] == [("10.0.0.9:443", 9)]
+
+
+def test_watcher_reuses_an_identical_table_and_sees_every_change_after_it(tmp_path: Path) -> None:
+    watcher = sockets.SocketWatcher(str(tmp_path), byteorder="little")
+    a = _tcp_line(0, "097100CB:0016", "01", 5001, 1)
+    b = _tcp_line(1, "097100CB:0017", "01", 5002, 1)
+    _write_tcp(tmp_path, a, b)
+    first = _connections(watcher, {5001: 7})
+    again = _connections(watcher, {5001: 7})  # the same table, byte for byte
+    assert again == first and again is not first
+    # The owners changed, the table did not.
+    assert [c.pid for c in _connections(watcher, {5001: 7, 5002: 8})] == [7, 8]
+    # A table read but not classified in between: the next classify is of the latest table.
+    _write_tcp(tmp_path, b)
+    watcher.read()
+    assert [c.local for c in _connections(watcher, {5001: 7, 5002: 8})] == ["10.0.0.5:41234"]
+    assert [c.pid for c in watcher.classify({5002: 8}).connections] == [8]
+    _write_tcp(tmp_path, a, b, "   2: garbled\n")
+    inodes, errors = watcher.read()
+    assert inodes == {5001, 5002} and [e.kind for e in errors] == [ErrorKind.NET_READ]
+    assert watcher.read()[1] == errors  # an unchanged table repeats its errors

@@ -2,8 +2,16 @@ from __future__ import annotations
 
 import threading
 
-from trainguard.api.sample import Sample
-from trainguard.sensor.stream import SampleHub
+from trainguard.api.sample import (
+    Connection,
+    GpuProcess,
+    GpuSample,
+    ListeningSocket,
+    ProcessInfo,
+    Sample,
+    SensorInfo,
+)
+from trainguard.sensor.stream import SampleEncoder, SampleHub
 
 
 def sample(seq: int) -> Sample:
@@ -53,3 +61,66 @@ def test_close_wakes_waiting_readers() -> None:
     hub.close()
     reader.join(5)
     assert not reader.is_alive() and got == [[]] and sub.closed
+
+
+def _encoder_pool() -> tuple[list[ProcessInfo], list[ListeningSocket], list[Connection]]:
+    procs = [
+        ProcessInfo(pid=p, ppid=1, name=f"w{p}", cmdline=f'python tr\u00e4in.py --rank {p} "q"', uid=p % 3)
+        for p in range(8)
+    ]
+    listening = [ListeningSocket(proto="tcp6", address="::", port=9400 + n, pid=n or None) for n in range(4)]
+    conns = [
+        Connection(proto="tcp", local=f"10.0.0.5:{40000 + n}", remote="[2001:db8::1]:22", state="ESTABLISHED", pid=n)
+        for n in range(6)
+    ]
+    return procs, listening, conns
+
+
+def test_encoder_writes_what_pydantic_writes_as_items_come_go_and_repeat() -> None:
+    procs, listening, conns = _encoder_pool()
+    encoder = SampleEncoder()
+    gpu = GpuSample(index=0, uuid="GPU-1", utilization=0.5, sm_clock_mhz=1410, processes=[GpuProcess(pid=4, name="w4")])
+    samples = [
+        Sample(ts=0.0, pod="a/b", seq=0),
+        Sample(ts=1.25, pod="a/b", seq=1, processes=procs[:4], listening=listening, connections=conns[:3]),
+        Sample(ts=2.5, pod="a/b", seq=2, processes=procs[:4], listening=listening, connections=conns[:3]),  # same
+        Sample(ts=3.0, pod="a/b", seq=3, processes=procs[1:5], listening=listening[::-1], connections=conns[2:]),
+        Sample(ts=4.0, pod="a/b", seq=4, processes=[procs[0], procs[0]], gpus=[gpu], dcgm={"x": 1.5}),
+        # Equal to earlier items but other objects: still right.
+        Sample(ts=5.0, pod="a/b", seq=5, processes=[p.model_copy() for p in procs[:4]], connections=conns[:3]),
+        Sample(
+            ts=1e16,
+            pod='n\u00e4me/"q"',
+            seq=6,
+            processes=procs,
+            sensor=SensorInfo(version="1", errors=["proc_read: x"]),
+        ),
+        Sample(ts=7.0, pod="a/b", seq=7),
+    ]
+    for sample in samples:
+        assert encoder.encode(sample) == sample.model_dump_json(by_alias=True).encode()
+
+
+def test_encoder_reuses_the_json_of_an_unchanged_list() -> None:
+    procs, listening, conns = _encoder_pool()
+    encoder = SampleEncoder()
+    first = Sample(ts=1.0, pod="a/b", seq=1, processes=procs, listening=listening, connections=conns)
+    encoder.encode(first)
+    cached = encoder._lists["connections"][2]
+    again = Sample(ts=2.0, pod="a/b", seq=2, processes=procs, listening=listening, connections=conns)
+    assert encoder.encode(again) == again.model_dump_json(by_alias=True).encode()
+    assert encoder._lists["connections"][2] is cached
+    # One item replaced by another: only it is serialised; the others' JSON is reused.
+    changed = [*conns[:-1], conns[-1].model_copy(update={"state": "CLOSE_WAIT"})]
+    third = Sample(ts=3.0, pod="a/b", seq=3, processes=procs, listening=listening, connections=changed)
+    assert encoder.encode(third) == third.model_dump_json(by_alias=True).encode()
+    assert b"CLOSE_WAIT" in encoder._lists["connections"][2]
+
+
+def test_hub_publishes_the_encoders_line() -> None:
+    procs, listening, conns = _encoder_pool()
+    hub = SampleHub()
+    for seq in range(3):
+        s = Sample(ts=float(seq), pod="a/b", seq=seq, processes=procs[seq:], listening=listening, connections=conns)
+        hub.publish(s)
+        assert hub.latest_line == s.model_dump_json(by_alias=True).encode() + b"\n"
