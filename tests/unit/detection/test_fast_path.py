@@ -1,0 +1,230 @@
+"""The engine's steady-state fast path never changes a decision.
+
+The fast path proves a sample clean from what the engine has already judged harmless (see
+`Engine`); the reference is the same engine evaluating every sample rule by rule
+(`fast_path=False`). Random sequences of samples, drawn from small pools so that a pod's samples
+repeat (the steady state) and then change (a process, a listener going away under an inbound
+connection, a GPU above a bound, a saturated window, seq going back), must lead to the same
+decisions, in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainguard.api.sample import Sample
+from trainguard.api.v1alpha1 import Monitoring, Policy
+from trainguard.detection.context import EngineContext, MiningThresholds
+from trainguard.detection.engine import Engine, ManualClock
+from trainguard.detection.violation import Decision
+
+from .samples import GIB, T0, conn, gpu, listen, policy, proc
+
+PODS = ("agents/worker-0", "agents/worker-1")
+POD_IPS = ("10.244.1.10", "10.244.1.11")
+
+PROCESSES = [
+    proc(1, "torchrun", "torchrun train.py", ppid=0),
+    proc(27, "python3", "python3 -u train.py"),
+    proc(28, "python3", "python3 -u train.py --local-rank 1"),
+    proc(900, "trainguard", "trainguard sensor", ppid=0),
+    proc(31, "pip", "pip install x"),
+    proc(32, "xmrig", "./xmrig -o pool:3333"),
+    proc(33, "ssh", "ssh -R 2222:localhost:22 u@192.0.2.1"),
+    proc(34, "bash", "bash"),
+]
+GPU_PROCESSES = [
+    {"pid": 4000, "name": "python3", "cmdline": "python3 -u train.py"},
+    {"pid": 4001, "name": "trainguard", "cmdline": "trainguard sensor"},
+    {"pid": 4002, "name": "", "cmdline": ""},
+    {"pid": 4003, "name": "xmrig", "cmdline": "xmrig"},
+]
+PORTS = [9400, 29500, 8081, 41000, 6006]
+#: (remote, local port, state, proto): allowed, intra-job, DNS, undeclared, tunnels, attempts,
+#: closed, inbound on a port that is listened on only sometimes, loopback, unparseable.
+CONNECTIONS = [
+    ("203.0.113.40:443", 44100, "ESTABLISHED", "tcp"),
+    ("10.244.1.11:41000", 52000, "ESTABLISHED", "tcp"),
+    ("10.96.0.10:53", 33000, "ESTABLISHED", "udp"),
+    ("198.51.100.7:8443", 44200, "ESTABLISHED", "tcp"),
+    ("198.51.100.7:8443", 44201, "SYN_SENT", "tcp"),
+    ("192.0.2.1:22", 44300, "SYN_SENT", "tcp"),
+    ("192.0.2.9:3333", 44400, "ESTABLISHED", "tcp"),
+    ("198.51.100.9:48812", 8081, "ESTABLISHED", "tcp"),
+    ("198.51.100.9:48813", 9400, "ESTABLISHED", "tcp"),
+    ("198.51.100.8:443", 44500, "TIME_WAIT", "tcp"),
+    ("127.0.0.1:6379", 44600, "ESTABLISHED", "tcp"),
+    ("not-an-address", 44700, "ESTABLISHED", "tcp"),
+]
+GPU_READINGS = [
+    (0.5, 60 * GIB, 400.0),  # training
+    (0.97, 5 * GIB, 300.0),  # a miner's flat saturation, low memory
+    (0.99, 75 * GIB, 690.0),  # above the utilization bound
+    (0.6, 79.5 * GIB, 300.0),  # above the memory bound
+    (0.7, 60 * GIB, 720.0),  # above the power bound
+]
+
+POLICY = policy(
+    processes={"allowed": ["python*", "torchrun", "bash"]},
+    network={
+        "egress": [{"cidr": "203.0.113.0/24", "ports": [{"port": 443}]}],
+        "listenPorts": [29500, 6006],
+    },
+    gpu={
+        "allowedProcesses": ["python*"],
+        "maxUtilization": 0.98,
+        "maxMemoryBytes": 79 * GIB,
+        "maxPowerWatts": 700,
+    },
+)
+
+
+#: A clean sample: the trainer, the sensor, an allowed GPU process, a declared and an exempt
+#: listener, allowed, DNS, inbound (on the sensor's port) and closed connections.
+CLEAN: dict[str, Any] = {
+    "processes": [0, 1, 3],
+    "gpu": [0],
+    "reading": 0,
+    "ports": [9400, 29500],
+    "connections": [0, 2, 8, 9],
+}
+#: One change to a clean sample (each pool index, set or removed).
+changes = st.one_of(
+    st.tuples(st.just("processes"), st.sampled_from(range(len(PROCESSES)))),
+    st.tuples(st.just("gpu"), st.sampled_from(range(len(GPU_PROCESSES)))),
+    st.tuples(st.just("reading"), st.sampled_from(range(len(GPU_READINGS)))),
+    st.tuples(st.just("ports"), st.sampled_from(PORTS)),
+    st.tuples(st.just("connections"), st.sampled_from(range(len(CONNECTIONS)))),
+)
+
+
+def changed(shape: dict[str, Any], edits: list[tuple[str, int]]) -> dict[str, Any]:
+    out = {k: (list(v) if isinstance(v, list) else v) for k, v in shape.items()}
+    for field, value in edits:
+        if field == "reading":
+            out[field] = value
+        elif value in out[field]:
+            out[field].remove(value)
+        else:
+            out[field].append(value)
+    return out
+
+
+#: What a sample holds apart from time and seq: the clean sample with a few changes.
+shapes = st.lists(changes, min_size=1, max_size=2).map(lambda edits: changed(CLEAN, edits))
+
+#: One step: which pod, which shape of the pool it reports (beyond the pool: the clean one, so
+#: that pods settle into the steady state), how many samples in a row, and whether seq goes back
+#: first (the sensor restarted).
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(range(len(PODS))),
+        st.integers(min_value=0, max_value=2),
+        st.integers(min_value=1, max_value=4),
+        st.integers(min_value=0, max_value=15).map(lambda n: n == 0),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def build(pod: int, shape: dict[str, Any], t: int, seq: int) -> Sample:
+    util, memory, power = GPU_READINGS[shape["reading"]]
+    return Sample.model_validate(
+        {
+            "ts": T0 + t,
+            "pod": PODS[pod],
+            "seq": seq,
+            "gpus": [gpu(0, util=util, memory=memory, power=power, procs=[GPU_PROCESSES[i] for i in shape["gpu"]])],
+            "processes": [PROCESSES[i] for i in shape["processes"]],
+            "listening": [listen(p) for p in shape["ports"]],
+            "connections": [
+                conn(CONNECTIONS[i][0], local_port=CONNECTIONS[i][1], state=CONNECTIONS[i][2], proto=CONNECTIONS[i][3])
+                | {"local": f"{POD_IPS[pod]}:{CONNECTIONS[i][1]}"}
+                for i in shape["connections"]
+            ],
+            "dcgm": {"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.01},
+        }
+    )
+
+
+def run(pol: Policy, ctx: EngineContext, samples: list[Sample], fast: bool) -> list[Decision]:
+    clock = ManualClock(T0)
+    engine = Engine(pol, ctx, clock=clock, monitoring=Monitoring(sensor_silence_seconds=5), fast_path=fast)
+    out: list[Decision] = []
+    for s in samples:
+        clock.set(s.ts)
+        out.extend(engine.tick(s.ts))
+        out.extend(engine.observe(s))
+    out.extend(engine.tick(samples[-1].ts + 10))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(shapes, min_size=1, max_size=2),
+    steps,
+    st.integers(min_value=1, max_value=3),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fast_path_makes_the_same_decisions_as_rule_by_rule_evaluation(
+    pool: list[dict[str, Any]],
+    sequence: list[tuple[int, int, int, bool]],
+    debounce: int,
+    learn: bool,
+    escalate: bool,
+) -> None:
+    enforcement: dict[str, Any] = {"debounce": {"samples": debounce}}
+    if escalate:
+        enforcement["escalation"] = [{"action": "Quarantine", "occurrences": 2}]
+    pol = POLICY.model_copy(update={"enforcement": policy(enforcement=enforcement).enforcement})
+    # A short mining window, so that saturated runs fill it within a test's samples.
+    ctx = EngineContext(learn_pod_ips=learn, mining=MiningThresholds(window_samples=3))
+    samples: list[Sample] = []
+    seqs = [0] * len(PODS)
+    for pod, which, repeat, restart in sequence:
+        if restart:
+            seqs[pod] = 0
+        for _ in range(repeat):
+            seqs[pod] += 1
+            samples.append(build(pod, pool[which] if which < len(pool) else CLEAN, len(samples), seqs[pod]))
+    assert run(pol, ctx, samples, fast=True) == run(pol, ctx, samples, fast=False)
+
+
+#: Every single change to the clean sample.
+SINGLE_CHANGES = [
+    *(("processes", i) for i in range(len(PROCESSES))),
+    *(("gpu", i) for i in range(len(GPU_PROCESSES))),
+    *(("reading", i) for i in range(len(GPU_READINGS))),
+    *(("ports", p) for p in PORTS),
+    *(("connections", i) for i in range(len(CONNECTIONS))),
+]
+
+
+@pytest.mark.parametrize("debounce", [1, 2])
+@pytest.mark.parametrize("change", SINGLE_CHANGES, ids=[f"{f}-{v}" for f, v in SINGLE_CHANGES])
+def test_every_single_change_after_the_steady_state_is_judged_alike(change: tuple[str, int], debounce: int) -> None:
+    # Clean, then the change, clean again long enough to clear it, then the change again: what
+    # the fast path learned from the first time must not hide the second.
+    other = changed(CLEAN, [change])
+    pattern = [CLEAN] * 3 + [other] * 3 + [CLEAN] * 4 + [other] * 4 + [CLEAN] * 4 + [other] * 4
+    samples = [build(0, shape, t, t + 1) for t, shape in enumerate(pattern)]
+    pol = POLICY.model_copy(update={"enforcement": policy(enforcement={"debounce": {"samples": debounce}}).enforcement})
+    ctx = EngineContext(mining=MiningThresholds(window_samples=3))
+    assert run(pol, ctx, samples, fast=True) == run(pol, ctx, samples, fast=False)
+
+
+def test_a_listener_going_away_makes_an_inbound_connection_outbound() -> None:
+    # Known harmless as inbound while 8081 is listened on; undeclared egress once it is not.
+    shape = {"processes": [1], "gpu": [], "reading": 0, "ports": [8081], "connections": [7]}
+    listening = [build(0, shape, t, t) for t in range(3)]
+    closed = [build(0, shape | {"ports": []}, t, t) for t in range(3, 6)]
+    pol = policy(network={"listenPorts": [8081]}, enforcement={"debounce": {"samples": 1}})
+    fast = run(pol, EngineContext(), listening + closed, fast=True)
+    assert [(d.kind, d.violation.rule) for d in fast][:1] == [("new", "net.egress.undeclared")]
+    assert fast == run(pol, EngineContext(), listening + closed, fast=False)
