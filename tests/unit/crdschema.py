@@ -19,6 +19,8 @@ import celpy
 import jsonschema
 from celpy import celtypes
 
+from trainguard.api.crdgen import apply_defaults
+
 
 def _is_cidr(value: Any) -> celtypes.BoolType:
     text = str(value)
@@ -49,19 +51,6 @@ def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
     if "items" in node:
         out["items"] = to_jsonschema(node["items"])
     return out
-
-
-def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
-    """Fill in `default`s the way the API server does: for absent fields of present objects."""
-    if isinstance(obj, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
-            if name not in obj and "default" in sub:
-                obj[name] = copy.deepcopy(sub["default"])
-            if name in obj:
-                obj[name] = apply_defaults(sub, obj[name])
-    elif isinstance(obj, list) and "items" in schema:
-        return [apply_defaults(schema["items"], v) for v in obj]
-    return obj
 
 
 def _cel_nodes(schema: dict[str, Any], obj: Any, path: str) -> Iterator[tuple[dict[str, Any], Any, str]]:

@@ -252,3 +252,14 @@ def test_invalid_resource_messages_use_camel_case_paths() -> None:
     ]
     with pytest.raises(InvalidResource, match="expected an object"):
         parse_agent_training_job([])  # type: ignore[arg-type]
+
+
+def test_object_defaults_pass_their_own_schema_and_rules() -> None:
+    """The API server validates each `default` as written, CEL rules included, without nested defaulting."""
+    schema = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    defaults = [(path, node) for path, node in _walk(schema) if isinstance(node.get("default"), dict)]
+    assert any(path == ".spec.monitoring" for path, _ in defaults)
+    for path, node in defaults:
+        raw = crdschema.to_jsonschema(node)
+        assert list(crdschema.jsonschema.Draft4Validator(raw).iter_errors(node["default"])) == [], path
+        assert crdschema.cel_errors(node, node["default"]) == [], path

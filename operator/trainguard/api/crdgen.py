@@ -12,6 +12,7 @@ what is checked in differs from what the models generate.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import json
 import sys
@@ -104,9 +105,27 @@ def structural(schema: Mapping[str, Any], defs: Mapping[str, Any] | None = None,
     if "items" in node:
         node["items"] = structural(node["items"], defs, f"{path}[]")
 
+    if node.get("default") == {} and "properties" in node:
+        # The API server validates a default as written (CEL rules included), without filling in the
+        # defaults nested inside it; at run time it does fill them in. Write the filled-in object.
+        node["default"] = apply_defaults(node, {})
+
     if "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
         raise SchemaError(f"{path or '<root>'}: no type; structural schemas need one on every node")
     return node
+
+
+def apply_defaults(schema: Mapping[str, Any], obj: Any) -> Any:
+    """Fill in `default`s the way the API server does: absent fields of present objects, recursively."""
+    if isinstance(obj, dict) and "properties" in schema:
+        for name, sub in schema["properties"].items():
+            if name not in obj and "default" in sub:
+                obj[name] = copy.deepcopy(sub["default"])
+            if name in obj:
+                obj[name] = apply_defaults(sub, obj[name])
+    elif isinstance(obj, list) and "items" in schema:
+        return [apply_defaults(schema["items"], v) for v in obj]
+    return obj
 
 
 def _json_type(value: Any, path: str) -> str:

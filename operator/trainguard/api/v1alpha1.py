@@ -41,6 +41,8 @@ Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 ConditionType = Literal["Ready", "Enforcing", "Violating", "Degraded"]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: A CIDR as written in a policy; bounded so that the API server can cost the CEL rules over it.
+Cidr = Annotated[str, Field(max_length=64)]
 
 #: Actions from mildest to strongest.
 ACTION_ORDER: tuple[Action, ...] = ("Alert", "Quarantine", "Suspend", "Delete")
@@ -123,12 +125,11 @@ class EgressRule(ApiModel):
     Set either `cidr` or one or both selectors, not both kinds.
     """
 
-    cidr: str | None = Field(
+    cidr: Cidr | None = Field(
         default=None,
-        max_length=64,
         description="Destination network in CIDR notation, e.g. 203.0.113.0/24 or 2001:db8::/32.",
     )
-    except_: list[str] = Field(
+    except_: list[Cidr] = Field(
         default_factory=list,
         alias="except",
         max_length=32,
