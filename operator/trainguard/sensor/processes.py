@@ -204,6 +204,8 @@ class ProcessWatcher:
         self.max_held = 2 * max_processes
         """At most this many /proc files are kept open between ticks (2 per process)."""
         self._holders: dict[str, set[int]] = {}
+        self._listing: tuple[list[str], list[int]] = ([], [])
+        """The last listing of proc_root and the pids in it."""
 
     def scan(self, socket_inodes: set[int] | frozenset[int] = frozenset()) -> ProcessScan:
         """The processes now, with the owners of `socket_inodes` (the inodes in /proc/net) where findable."""
@@ -211,7 +213,7 @@ class ProcessWatcher:
         tick = self._tick
         self._tick += 1
         try:
-            pids = list_pids(self.proc_root)
+            pids = self._list_pids()
         except OSError as exc:
             result.errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}: {exc.strerror or exc}"))
             return result
@@ -314,6 +316,14 @@ class ProcessWatcher:
                 )
             )
         return result
+
+    def _list_pids(self) -> list[int]:
+        """list_pids, not converted again while the listing is the same as at the last tick."""
+        names = os.listdir(self.proc_root)
+        if names != self._listing[0]:
+            pids = sorted(int(name) for name in names if name.isascii() and name.isdigit())
+            self._listing = (names, pids)
+        return list(self._listing[1])
 
     def _observe(
         self,
@@ -485,13 +495,17 @@ class ProcessWatcher:
                 return
         sockets: list[int] = []
         devices: list[str] = []
+        readlink = os.readlink
+        count_devices = pid != self.exclude_device_holder
+        tried = 0
         try:
-            for fd_name in os.listdir(fd_dir):
-                if budget.left <= 0:
-                    break
-                budget.left -= 1
+            names = os.listdir(fd_dir)
+            if len(names) > budget.left:
+                names = names[: max(budget.left, 0)]
+            for fd_name in names:
+                tried += 1
                 try:
-                    target = os.readlink(fd_name, dir_fd=fd_dir)
+                    target = readlink(fd_name, dir_fd=fd_dir)
                 except OSError as exc:
                     if exc.errno in (errno.EACCES, errno.EPERM):
                         entry.denied = True
@@ -501,12 +515,13 @@ class ProcessWatcher:
                     inode = parse_socket_inode(target)
                     if inode is not None:
                         sockets.append(inode)
-                elif target.startswith(_DEVICE_PREFIX) and pid != self.exclude_device_holder:
+                elif count_devices and target.startswith(_DEVICE_PREFIX):
                     devices.append(target)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 entry.denied = True
         finally:
+            budget.left -= tried
             if fd_dir != entry.dir_fd:
                 os.close(fd_dir)
         found_sockets, found_devices = tuple(sockets), tuple(sorted(set(devices)))
