@@ -4,7 +4,7 @@ The mining signature needs a full window in which every sample is busy (utilizat
 floor), so a GPU's series holds only its current *run* of busy samples, the last `length` of them:
 a sample below the floor ends the run and empties the series. A GPU that dips, as training does,
 costs one comparison per sample; a saturated one costs an O(1) update of running sums, whatever
-the window length.
+the window length (see `GpuSeries`).
 """
 
 from __future__ import annotations
@@ -18,52 +18,83 @@ from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
 
 class GpuSeries:
     """One GPU's current run of busy samples, the last `length` of them (utilization, power,
-    framebuffer fraction), and their sums. `full` means the last `length` samples were all busy."""
+    framebuffer fraction), and their sums. `full` means the last `length` samples were all busy.
 
-    __slots__ = ("length", "low_below", "mem_sum", "power_sq", "power_sum", "util_sq", "util_sum", "values")
+    The sums are made when the run first fills the window (once per run, O(length)) and kept
+    incrementally from then on (O(1) per sample); a run that ends before it fills the window (a
+    GPU that dips, as training does) costs an append per busy sample.
+    """
+
+    __slots__ = (
+        "length",
+        "low_below",
+        "mem_sum",
+        "power_sq",
+        "power_sum",
+        "summed",
+        "util_sq",
+        "util_sum",
+        "values",
+    )
 
     def __init__(self, length: int, low_below: float) -> None:
         self.length = length
         self.low_below = low_below
         self.values: deque[tuple[float, float, float]] = deque()
         self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
+        #: Whether the sums are those of `values` (kept from when the run filled the window).
+        self.summed = False
 
     def reset(self) -> None:
         """A sample below the floor: the run is over."""
         self.values.clear()
-        self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
+        self.summed = False
+
+    def sum(self) -> None:
+        """Make the sums of `values` afresh."""
+        values = self.values
+        self.util_sum = math.fsum(u for u, _, _ in values)
+        self.util_sq = math.fsum(u * u for u, _, _ in values)
+        self.power_sum = math.fsum(p for _, p, _ in values)
+        self.power_sq = math.fsum(p * p for _, p, _ in values)
+        self.mem_sum = math.fsum(m for _, _, m in values)
+        self.summed = True
 
     def push(self, util: float, power: float, mem_fraction: float) -> None:
+        """One sample (`Window.push` runs the same steps inline)."""
+        values = self.values
         if util < self.low_below:
-            if self.values:
+            if values:
                 self.reset()
             return
-        values = self.values
-        if len(values) == self.length:
-            u, p, m = values.popleft()
-            self.util_sum -= u
-            self.util_sq -= u * u
-            self.power_sum -= p
-            self.power_sq -= p * p
-            self.mem_sum -= m
         values.append((util, power, mem_fraction))
-        self.util_sum += util
-        self.util_sq += util * util
-        self.power_sum += power
-        self.power_sq += power * power
-        self.mem_sum += mem_fraction
+        if self.summed:
+            u, p, m = values.popleft()
+            self.util_sum += util - u
+            self.util_sq += util * util - u * u
+            self.power_sum += power - p
+            self.power_sq += power * power - p * p
+            self.mem_sum += mem_fraction - m
+        elif len(values) == self.length:
+            self.sum()
 
     @property
     def full(self) -> bool:
         """The window is full and no sample in it is below the floor."""
         return len(self.values) == self.length
 
+    def _sums(self) -> None:
+        if not self.summed:
+            self.sum()
+
     @property
     def util_mean(self) -> float:
+        self._sums()
         return self.util_sum / len(self.values) if self.values else 0.0
 
     @property
     def util_stddev(self) -> float:
+        self._sums()
         n = len(self.values)
         if not n:
             return 0.0
@@ -72,11 +103,13 @@ class GpuSeries:
 
     @property
     def power_mean(self) -> float:
+        self._sums()
         return self.power_sum / len(self.values) if self.values else 0.0
 
     @property
     def power_cv(self) -> float:
         """Coefficient of variation of power (stddev / mean); 0 when no power is reported."""
+        self._sums()
         n = len(self.values)
         if not n or self.power_sum <= 0.0:
             return 0.0
@@ -85,6 +118,7 @@ class GpuSeries:
 
     @property
     def mem_fraction_mean(self) -> float:
+        self._sums()
         return self.mem_sum / len(self.values) if self.values else 0.0
 
 
@@ -151,20 +185,17 @@ class Window:
                 continue
             total = g.memory_total_bytes
             mem = used / total if total else 1.0
-            if len(values) == series.length:
-                u, p, m = values.popleft()
-                series.util_sum -= u
-                series.util_sq -= u * u
-                series.power_sum -= p
-                series.power_sq -= p * p
-                series.mem_sum -= m
             values.append((util, power, mem))
-            series.util_sum += util
-            series.util_sq += util * util
-            series.power_sum += power
-            series.power_sq += power * power
-            series.mem_sum += mem
-            if len(values) == series.length:
+            if series.summed:
+                u, p, m = values.popleft()
+                series.util_sum += util - u
+                series.util_sq += util * util - u * u
+                series.power_sum += power - p
+                series.power_sq += power * power - p * p
+                series.mem_sum += mem - m
+                full += 1
+            elif len(values) == series.length:
+                series.sum()
                 full += 1
         if seen != len(gpus):
             # A GPU that is missing from a sample starts over: its window is no longer consecutive.
