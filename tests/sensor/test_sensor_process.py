@@ -274,11 +274,13 @@ def test_record_writes_a_trace_that_replays(tmp_path: Path) -> None:
     done = _run("--record", str(out), "--duration", "1", "--interval", "0.25", "--gpu-source", "nvml")
     assert done.returncode == 0, done.stderr.decode()
     samples = [Sample.model_validate_json(line) for line in out.read_bytes().splitlines()]
-    assert [s.seq for s in samples] == [0, 1, 2, 3]
+    # One sample per tick, seq from 0 without gaps. How many ticks fit in the duration depends on the
+    # machine's load (a tick whose collection overruns repeats the last state), so only a floor is asserted.
+    assert len(samples) >= 2 and [s.seq for s in samples] == list(range(len(samples)))
     # No driver on this machine: gpus [] and an error entry, never a crash.
     assert all(s.gpus == [] for s in samples)
-    assert any(e.startswith("gpu_unavailable:") for e in samples[0].sensor.errors)
-    assert any(p.pid == os.getpid() for p in samples[0].processes)
+    assert any(e.startswith("gpu_unavailable:") for s in samples for e in s.sensor.errors)
+    assert any(p.pid == os.getpid() for s in samples for p in s.processes)
     # The recording is a valid replay trace.
     again = _run("--record", str(tmp_path / "2.jsonl"), "--duration", "0.2", "--interval", "0.1")
     assert again.returncode == 0
