@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client, config
 
 from tests.integration import controlplane
-from tests.integration.polling import wait_for
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = sorted((ROOT / "crds").glob("*.yaml"))

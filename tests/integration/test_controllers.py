@@ -8,7 +8,7 @@ from kubernetes import client
 
 from tests.integration import kubelet
 from tests.integration.conftest import Cluster
-from tests.integration.polling import wait_for
+from tests.polling import wait_for
 
 
 def job_body(name: str, parallelism: int = 1, labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration import controlplane
 from tests.integration.conftest import Cluster
-from tests.integration.polling import wait_for
+from tests.polling import wait_for
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

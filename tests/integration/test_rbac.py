@@ -8,7 +8,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.integration.conftest import Cluster
-from tests.integration.polling import wait_for
+from tests.polling import wait_for
 
 
 def _status(call: Callable[[], object]) -> int:

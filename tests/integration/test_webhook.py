@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.integration.conftest import Cluster
-from tests.integration.polling import wait_for
 from tests.integration.test_controllers import job_body, job_pods
+from tests.polling import wait_for
 
 LABEL = "trainguard.io/mutated"
 

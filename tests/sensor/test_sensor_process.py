@@ -14,32 +14,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from tests.polling import wait_for
 from trainguard.api.sample import GpuProcess, GpuSample, Sample
 
 TRAINGUARD = str(Path(sys.executable).with_name("trainguard"))
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, every: float = 0.05) -> T:
-    """probe() until it returns something truthy; fail with `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (OSError, ValueError, urllib.error.URLError) as exc:
-            last_error, value = exc, None
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
+_NOT_YET = (OSError, ValueError, urllib.error.URLError)
 
 
 def free_port() -> int:
@@ -102,7 +87,13 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
         server_port = 3333 if port_is_free(3333) else free_port()  # the pool port a miner would dial
         server = _spawn(sys.executable, "-c", LISTEN, str(server_port))
         spawned.append(server)
-        wait_for("the listeners", lambda: _can_connect(listener_port) and _can_connect(server_port))
+        wait_for(
+            lambda: _can_connect(listener_port) and _can_connect(server_port),
+            15,
+            "the listeners",
+            interval=0.05,
+            ignoring=_NOT_YET,
+        )
         client = _spawn(sys.executable, "-c", CONNECT, str(server_port))
         spawned.append(client)
         miner_binary = tmp_path_factory.mktemp("bin") / "xmrig"
@@ -169,7 +160,13 @@ def sensor(tmp_path_factory: pytest.TempPathFactory, workload: Workload) -> Iter
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     handle = Sensor(process, f"http://127.0.0.1:{port}")
     try:
-        wait_for("the sensor's first sample", lambda: handle.get("/v1/sample", timeout=1)[0] == 200)
+        wait_for(
+            lambda: handle.get("/v1/sample", timeout=1)[0] == 200,
+            15,
+            "the sensor's first sample",
+            interval=0.05,
+            ignoring=_NOT_YET,
+        )
         yield handle
     finally:
         process.terminate()
@@ -193,7 +190,7 @@ def test_sample_shows_the_workload(sensor: Sensor, workload: Workload) -> None:
         )
         return s if ok else None
 
-    s = wait_for("the workload in /v1/sample", everything_seen)
+    s = wait_for(everything_seen, 15, "the workload in /v1/sample", interval=0.05, ignoring=_NOT_YET)
     miner = next(p for p in s.processes if p.pid == workload.miner.pid)
     assert (miner.name, miner.ppid, miner.uid) == ("xmrig", os.getpid(), os.getuid())
     assert miner.cmdline.endswith("xmrig 600")
@@ -247,7 +244,7 @@ def test_metrics(sensor: Sensor, workload: Workload) -> None:
         established = _metric(body, 'trainguard_sensor_connections{proto="tcp",state="ESTABLISHED"}')
         return body if status == 200 and established and established >= 2 else None
 
-    body = wait_for("connections in /metrics", scraped)
+    body = wait_for(scraped, 15, "connections in /metrics", interval=0.05, ignoring=_NOT_YET)
     text = body.decode()
     listening = _metric(body, 'trainguard_sensor_listening_sockets{proto="tcp"}')
     assert listening is not None and listening >= 2
@@ -258,6 +255,16 @@ def test_metrics(sensor: Sensor, workload: Workload) -> None:
     assert "trainguard_sensor_sample_duration_seconds_bucket" in text
     assert 'trainguard_sensor_errors_total{kind="gpu_stale"} 0.0' in text
     assert "pid=" not in text
+
+
+def test_metrics_pass_promtool(sensor: Sensor) -> None:
+    """Prometheus' own linter accepts the exposition: names, units, types and help texts."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run `make tools` (scripts/controlplane tools)"
+    status, body = sensor.get("/metrics")
+    assert status == 200
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
+    assert checked.returncode == 0 and not checked.stdout.strip(), (checked.stdout + checked.stderr).decode()
 
 
 def test_healthz_and_unknown_paths(sensor: Sensor) -> None:
