@@ -235,13 +235,9 @@ def _read_bounded(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_tables(
-    proc_root: str = "/proc",
-    byteorder: Byteorder = HOST_ORDER,
-) -> tuple[list[SocketEntry], list[SensorError]]:
-    """Every entry of proc_root/net/{tcp,tcp6,udp,udp6}; a missing table (no IPv6) is not an error."""
-    entries: list[SocketEntry] = []
-    errors: list[SensorError] = []
+def _read_tables(proc_root: str, errors: list[SensorError]) -> Iterator[tuple[str, str, bytes]]:
+    """(proto, path, raw bytes) of each table that exists; a missing one (no IPv6) is skipped, an unreadable
+    one becomes an error entry."""
     for proto in TABLES:
         path = f"{proc_root}/net/{proto}"
         try:
@@ -251,6 +247,17 @@ def read_tables(
         except OSError as exc:
             errors.append(SensorError(ErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
             continue
+        yield proto, path, raw
+
+
+def read_tables(
+    proc_root: str = "/proc",
+    byteorder: Byteorder = HOST_ORDER,
+) -> tuple[list[SocketEntry], list[SensorError]]:
+    """Every entry of proc_root/net/{tcp,tcp6,udp,udp6}; a missing table (no IPv6) is not an error."""
+    entries: list[SocketEntry] = []
+    errors: list[SensorError] = []
+    for proto, _path, raw in _read_tables(proc_root, errors):
         found, bad = parse_table(raw.decode("ascii", "replace"), proto, byteorder)
         entries.extend(found)
         errors.extend(bad)
@@ -312,15 +319,7 @@ class SocketWatcher:
         current: list[_Slot] = []
         errors: list[SensorError] = []
         tables: dict[str, _Table] = {}
-        for proto in TABLES:
-            path = f"{self.proc_root}/net/{proto}"
-            try:
-                raw = _read_bounded(path, MAX_TABLE_BYTES)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                errors.append(SensorError(ErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
-                continue
+        for proto, path, raw in _read_tables(self.proc_root, errors):
             table = self._tables.get(proto)
             if table is None or table.raw != raw:
                 table = self._parse(proto, path, raw, table or _Table())
