@@ -279,10 +279,7 @@ class EscalationStep(ApiModel):
 
     @model_validator(mode="after")
     def _has_condition(self) -> EscalationStep:
-        if all(
-            v is None
-            for v in (self.persists_seconds, self.occurrences, self.distinct_rules, self.min_severity)
-        ):
+        if all(v is None for v in (self.persists_seconds, self.occurrences, self.distinct_rules, self.min_severity)):
             raise ValueError(
                 "an escalation step needs a condition: persistsSeconds, occurrences, distinctRules or minSeverity"
             )
@@ -301,9 +298,7 @@ class Debounce(ApiModel):
 class EnforcementPolicy(ApiModel):
     """What trainguard does about a violation."""
 
-    action: Action = Field(
-        default="Alert", description="The first action: Alert, Quarantine, Suspend or Delete."
-    )
+    action: Action = Field(default="Alert", description="The first action: Alert, Quarantine, Suspend or Delete.")
     escalation: list[EscalationStep] = Field(
         default_factory=list,
         description="Ordered steps to stronger actions; the last step whose condition holds wins.",
@@ -323,17 +318,23 @@ class Policy(ApiModel):
     """The behaviour the job declares; anything else is a violation."""
 
     network: NetworkPolicySpec = Field(
-        default_factory=NetworkPolicySpec, description="Network policy.", json_schema_extra={"default": {}}
+        default_factory=NetworkPolicySpec,
+        description="Network behaviour: allowed egress, listening ports, tunnels. Egress not declared is denied.",
+        json_schema_extra={"default": {}},
     )
     gpu: GpuPolicy = Field(
-        default_factory=GpuPolicy, description="GPU policy.", json_schema_extra={"default": {}}
+        default_factory=GpuPolicy,
+        description="GPU behaviour: utilization, memory and power bounds, allowed GPU processes, mining signature.",
+        json_schema_extra={"default": {}},
     )
     processes: ProcessPolicy = Field(
-        default_factory=ProcessPolicy, description="Process policy.", json_schema_extra={"default": {}}
+        default_factory=ProcessPolicy,
+        description="Processes: denied patterns (plus the shipped miner and tunnel list) and an optional allow-list.",
+        json_schema_extra={"default": {}},
     )
     enforcement: EnforcementPolicy = Field(
         default_factory=EnforcementPolicy,
-        description="What to do on a violation.",
+        description="What to do on a violation: the action, an escalation ladder, debounce and dry run.",
         json_schema_extra={"default": {}},
     )
 
@@ -451,18 +452,12 @@ class PodSpec(ApiModel):
         for field in ("host_network", "host_pid", "host_ipc"):
             if getattr(self, field):
                 alias = type(self).model_fields[field].alias or field
-                raise ValueError(
-                    f"{alias} must be false: it takes the pod outside trainguard's sensor and policy"
-                )
+                raise ValueError(f"{alias} must be false: it takes the pod outside trainguard's sensor and policy")
         for c in self.containers:
             if c.security_context is not None and c.security_context.privileged:
-                raise ValueError(
-                    f"containers: {c.name} is privileged; privileged containers escape the sensor"
-                )
+                raise ValueError(f"containers: {c.name} is privileged; privileged containers escape the sensor")
             if c.name == "trainguard-sensor":
-                raise ValueError(
-                    "containers: the container name trainguard-sensor is reserved for the sensor"
-                )
+                raise ValueError("containers: the container name trainguard-sensor is reserved for the sensor")
         return self
 
 
@@ -488,9 +483,7 @@ class PodTemplate(ApiModel):
 class AgentTrainingJobSpec(ApiModel):
     """A training workload and the behaviour it declares."""
 
-    replicas: int = Field(
-        default=1, ge=1, le=10000, description="Number of pods (workers) to run in parallel."
-    )
+    replicas: int = Field(default=1, ge=1, le=10000, description="Number of pods (workers) to run in parallel.")
     template: PodTemplate = Field(description="The pod template of each worker.")
     backoff_limit: int | None = Field(
         default=None, ge=0, description="Retries before the Job is marked failed (Job.spec.backoffLimit)."
@@ -516,9 +509,7 @@ class Condition(ApiModel):
 
     type: ConditionType = Field(description="Ready, Enforcing, Violating or Degraded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(
-        description="A CamelCase reason for the last transition.", min_length=1, max_length=1024
-    )
+    reason: str = Field(description="A CamelCase reason for the last transition.", min_length=1, max_length=1024)
     message: str = Field(default="", description="A human-readable message.", max_length=32768)
     last_transition_time: str = Field(
         description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
@@ -531,9 +522,7 @@ class Condition(ApiModel):
 class ViolationRecord(ApiModel):
     """One violation as kept in status (the latest are kept)."""
 
-    time: str = Field(
-        description="When it was first seen (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
+    time: str = Field(description="When it was first seen (RFC 3339).", json_schema_extra={"format": "date-time"})
     pod: str = Field(description="The pod's name.")
     rule: str = Field(description="The detection rule, e.g. net.tunnel.")
     severity: Severity = Field(description="Low, Medium, High or Critical.")
