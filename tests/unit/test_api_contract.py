@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from tests.unit import crdschema
 from trainguard.api import crdgen, v1alpha1
-from trainguard.api.validation import InvalidResource, parse_agent_training_job
+from trainguard.api.sample import Sample
+from trainguard.api.validation import InvalidResource, describe, parse_agent_training_job
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml"))
@@ -263,3 +265,14 @@ def test_object_defaults_pass_their_own_schema_and_rules() -> None:
         raw = crdschema.to_jsonschema(node)
         assert list(crdschema.jsonschema.Draft4Validator(raw).iter_errors(node["default"])) == [], path
         assert crdschema.cel_errors(node, node["default"]) == [], path
+
+
+def test_problems_read_as_field_path_and_message() -> None:
+    with pytest.raises(ValidationError) as bad_json:
+        Sample.model_validate_json("nope")
+    assert describe(bad_json.value)[0].startswith("Invalid JSON")
+    with pytest.raises(ValidationError) as bad_field:
+        Sample.model_validate_json('{"ts": 1, "pod": "a/b", "seq": 0, "processes": [{"pid": "x"}]}')
+    assert describe(bad_field.value) == [
+        "processes[0].pid: Input should be a valid integer, unable to parse string as an integer"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,16 +30,29 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out or "<root>"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: where (pydantic's loc, camelCase names) and what."""
+
+    loc: tuple[int | str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{field_path(self.loc)}: {self.message}" if self.loc else self.message
+
+
+def problems(error: ValidationError) -> list[Problem]:
+    """Each problem pydantic found, in its order, with messages a user can act on."""
+    out = []
+    for e in error.errors(include_url=False):
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        out.append(Problem(tuple(e["loc"]), message))
+    return out
+
+
 def describe(error: ValidationError) -> list[str]:
     """One line per problem, 'camelCase.path: message', in the order pydantic found them."""
-    lines = []
-    for e in error.errors(include_url=False):
-        loc = tuple(e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            message = "unknown field"
-        lines.append(f"{field_path(loc)}: {message}")
-    return lines
+    return [str(p) for p in problems(error)]
 
 
 def parse_agent_training_job(obj: Mapping[str, Any]) -> AgentTrainingJob:

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
+from trainguard.api import validation
 from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import AgentTrainingJob
 from trainguard.detection.context import EngineContext
@@ -107,12 +108,7 @@ def load_policy(path: Path) -> AgentTrainingJob:
     try:
         return AgentTrainingJob.model_validate(doc)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = e["loc"]
-            field = ".".join(str(p) for p in loc) or "(object)"
-            line = _line_of(node, loc)
-            lines.append(f"{path}:{line or 1}: {field}: {e['msg']}")
+        lines = [f"{path}:{_line_of(node, p.loc) or 1}: {p}" for p in validation.problems(err)]
         raise BadInput("invalid AgentTrainingJob:\n  " + "\n  ".join(lines)) from err
 
 

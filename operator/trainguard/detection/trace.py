@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from trainguard.api import validation
 from trainguard.api.sample import Sample
 
 
@@ -28,12 +29,9 @@ class LineError:
 
 def describe(err: ValidationError) -> str:
     """A pydantic error as one line: `field.path: message` for each problem (at most three)."""
-    parts = []
-    for e in err.errors()[:3]:
-        loc = ".".join(str(part) for part in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    more = err.error_count() - 3
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    parts = validation.describe(err)
+    more = len(parts) - 3
+    return "; ".join(parts[:3]) + (f" (and {more} more)" if more > 0 else "")
 
 
 def parse_line(text: str | bytes) -> Sample:
