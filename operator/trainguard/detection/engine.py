@@ -78,6 +78,10 @@ _GPU_PROCESS_KEY = attrgetter("cmdline", "name", "name")
 _CONNECTION_KEY = attrgetter("proto", "local", "remote", "state")
 _PORT = attrgetter("port")
 _GPU_PROCESSES = attrgetter("processes")
+#: The fast path's fingerprint of a sample's contents: its processes', listeners' and connections'
+#: fields, as the dicts the models keep them in (compared in C, field by field, with no hashing and
+#: nothing allocated per element), and its GPU processes' (command line, name).
+_FIELDS = attrgetter("__dict__")
 #: Known-harmless keys kept per pod before the set is emptied (and learned again).
 KNOWN_LIMIT = 4096
 
@@ -127,6 +131,10 @@ class _Pod:
     #: connection is one to a port the pod listens on, so the set is emptied when they change.
     known: set[tuple[str, ...]] = field(default_factory=set)
     ports: tuple[int, ...] | None = None
+    #: The fingerprint (`_fingerprint`) of the last sample whose contents were proven clean by
+    #: `known` and `ports`. A sample with the same fingerprint holds the same keys and ports, so it
+    #: is clean too while they hold: it is forgotten when `known` is emptied (it only grows otherwise).
+    clean: list[object] | None = None
 
 
 class Engine:
@@ -207,18 +215,27 @@ class Engine:
             and not window.over_bounds
             and not (window.full_gpus and self._window_on)
             and not (self._sequence_on and window.previous_seq is not None and sample.seq < window.previous_seq)
-            # - what it holds: the same listening ports as when the pod's known set was filled, and
-            #   every process, GPU process and connection in that set.
-            and (tuple(map(_PORT, sample.listening)) if sample.listening else ()) == pod.ports
-            and pod.known.issuperset(
+        ):
+            # - what it holds: the same as the last sample proven clean (the common case: one
+            #   comparison), or else the same listening ports as when the pod's known set was
+            #   filled, and every process, GPU process and connection in that set.
+            fingerprint = [
+                *map(_FIELDS, sample.processes),
+                *map(_FIELDS, sample.listening),
+                *map(_FIELDS, connections),
+                *map(_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, sample.gpus))),
+            ]
+            if fingerprint == pod.clean:
+                return []
+            if (tuple(map(_PORT, sample.listening)) if sample.listening else ()) == pod.ports and pod.known.issuperset(
                 chain(
                     map(_PROCESS_KEY, sample.processes),
                     map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, sample.gpus))),
                     map(_CONNECTION_KEY, connections),
                 )
-            )
-        ):
-            return []
+            ):
+                pod.clean = fingerprint
+                return []
         inp = RuleInput(
             sample=sample, window=window, policy=self.policy, now=now, job_ips=self._job_ips, quiet=self._quiet
         )
@@ -296,6 +313,7 @@ class Engine:
         known = pod.known
         if listening != pod.ports or len(known) >= KNOWN_LIMIT:
             known.clear()
+            pod.clean = None
             # A port that is not exempt is a finding: such a pod is not clean, whatever it holds.
             pod.ports = listening if all(policy.listen_exempt(port) for port in listening) else None
         for p in sample.processes:

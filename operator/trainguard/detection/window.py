@@ -126,7 +126,10 @@ class Window:
     """The recent samples of one pod: the previous sample's seq, per-GPU series, DCGM tensor activity."""
 
     __slots__ = (
+        "_bounded",
         "_bounds",
+        "_low_below",
+        "_tensor_mean",
         "_thresholds",
         "full_gpus",
         "gpus",
@@ -135,14 +138,15 @@ class Window:
         "samples",
         "seq",
         "tensor",
-        "tensor_sum",
     )
 
     def __init__(self, thresholds: MiningThresholds, bounds: tuple[float, float, float] | None = None) -> None:
         self._thresholds = thresholds
+        self._low_below = thresholds.min_utilization
         inf = float("inf")
         #: (utilization, memory bytes, power watts) above which a GPU is `over_bounds`.
         self._bounds = bounds or (inf, inf, inf)
+        self._bounded = any(b != inf for b in self._bounds)
         self.gpus: dict[int, GpuSeries] = {}
         #: How many of the GPUs' series are full (a full window of busy samples) after the latest sample.
         self.full_gpus = 0
@@ -153,38 +157,41 @@ class Window:
         self.seq: int | None = None
         #: Samples pushed so far.
         self.samples = 0
-        #: Pod-level DCGM tensor-pipe activity per sample; None where the sample had none.
+        #: Pod-level DCGM tensor-pipe activity per sample, the last `window_samples` of them; None
+        #: where the sample had none. Summed when read (`tensor_active_mean`), which only the mining
+        #: rule does, and only for a GPU with a full window: no per-sample arithmetic.
         self.tensor: deque[float | None] = deque(maxlen=thresholds.window_samples)
-        self.tensor_sum = 0.0
+        #: (samples, mean) as of the last read, so that GPUs of one sample share one sum.
+        self._tensor_mean: tuple[int, float | None] = (-1, None)
 
     def push(self, sample: Sample) -> None:
         self.previous_seq = self.seq
         self.seq = sample.seq
         self.samples += 1
         gpus = self.gpus
-        seen = 0
         full = 0
         over = False
-        max_util, max_mem, max_power = self._bounds
-        for g in sample.gpus:
-            seen += 1
+        low_below = self._low_below
+        bounded = self._bounded
+        if bounded:
+            max_util, max_mem, max_power = self._bounds
+        sample_gpus = sample.gpus
+        for g in sample_gpus:
             series = gpus.get(g.index)
             if series is None:
-                t = self._thresholds
-                series = gpus[g.index] = GpuSeries(t.window_samples, t.min_utilization)
+                series = gpus[g.index] = GpuSeries(self._thresholds.window_samples, low_below)
             util = g.utilization
-            power = g.power_watts
-            used = g.memory_used_bytes
-            if util > max_util or used > max_mem or power > max_power:
+            if bounded and (util > max_util or g.memory_used_bytes > max_mem or g.power_watts > max_power):
                 over = True
-            values = series.values
             # GpuSeries.push, inlined: this runs for every GPU of every sample.
-            if util < series.low_below:
-                if values:
+            if util < low_below:
+                if series.values:
                     series.reset()
                 continue
+            values = series.values
+            power = g.power_watts
             total = g.memory_total_bytes
-            mem = used / total if total else 1.0
+            mem = g.memory_used_bytes / total if total else 1.0
             values.append((util, power, mem))
             if series.summed:
                 u, p, m = values.popleft()
@@ -197,28 +204,23 @@ class Window:
             elif len(values) == series.length:
                 series.sum()
                 full += 1
-        if seen != len(gpus):
+        if len(sample_gpus) != len(gpus):
             # A GPU that is missing from a sample starts over: its window is no longer consecutive.
-            present = {g.index for g in sample.gpus}
+            present = {g.index for g in sample_gpus}
             for index in [i for i in gpus if i not in present]:
                 del gpus[index]
             full = sum(1 for s in gpus.values() if s.full)
         self.full_gpus = full
         self.over_bounds = over
-        tensor = sample.dcgm.get(DCGM_TENSOR_ACTIVE) if sample.dcgm else None
-        tq = self.tensor
-        if len(tq) == tq.maxlen:
-            old = tq[0]
-            if old is not None:
-                self.tensor_sum -= old
-        tq.append(tensor)
-        if tensor is not None:
-            self.tensor_sum += tensor
+        dcgm = sample.dcgm
+        self.tensor.append(dcgm.get(DCGM_TENSOR_ACTIVE) if dcgm else None)
 
     @property
     def tensor_active_mean(self) -> float | None:
         """Mean tensor-pipe activity over the window, or None unless every sample in it had the metric."""
-        tq = self.tensor
-        if not tq or any(v is None for v in tq):
-            return None
-        return self.tensor_sum / len(tq)
+        samples, mean = self._tensor_mean
+        if samples != self.samples:
+            tq = self.tensor
+            mean = None if not tq or None in tq else math.fsum(tq) / len(tq)  # type: ignore[arg-type]
+            self._tensor_mean = (self.samples, mean)
+        return mean

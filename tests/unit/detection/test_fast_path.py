@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import Monitoring, Policy
-from trainguard.detection.context import EngineContext, MiningThresholds
+from trainguard.detection.context import DCGM_TENSOR_ACTIVE, EngineContext, MiningThresholds
 from trainguard.detection.engine import Engine, ManualClock
 from trainguard.detection.violation import Decision
+from trainguard.detection.window import Window
 
 from .samples import GIB, T0, conn, gpu, listen, policy, proc
 
@@ -228,3 +229,53 @@ def test_a_listener_going_away_makes_an_inbound_connection_outbound() -> None:
     fast = run(pol, EngineContext(), listening + closed, fast=True)
     assert [(d.kind, d.violation.rule) for d in fast][:1] == [("new", "net.egress.undeclared")]
     assert fast == run(pol, EngineContext(), listening + closed, fast=False)
+
+
+def test_a_sample_like_the_last_clean_one_runs_no_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every sample freshly built (no object shared with the one before, as a parser gives them):
+    # once the pod's contents are known harmless, a sample holding the same is clean at one
+    # comparison, and no rule runs, whatever its GPU readings and time.
+    pol = POLICY
+    engine = Engine(pol, EngineContext(), clock=ManualClock(T0))
+    for t in range(3):
+        assert engine.observe(build(0, CLEAN, t, t + 1)) == []
+
+    def no_rules(*_: object) -> int:
+        raise AssertionError("a rule ran on a clean sample")
+
+    monkeypatch.setattr("trainguard.detection.engine.active_sections", no_rules)
+    for t in range(3, 10):
+        sample = build(0, CLEAN, t, t + 1)
+        sample = sample.model_copy(update={"processes": [p.model_copy(update={"pid": t}) for p in sample.processes]})
+        # A field no rule reads (a pid) differs from the last clean sample: the known set still
+        # proves it clean, and it becomes the one to compare with.
+        assert engine.observe(sample) == []
+    # Anything a rule reads that is not known harmless goes the long way.
+    with pytest.raises(AssertionError, match="a rule ran"):
+        engine.observe(build(0, changed(CLEAN, [("processes", 4)]), 10, 11))
+
+
+def test_the_last_clean_sample_is_forgotten_when_the_known_set_is_emptied() -> None:
+    # Clean with 8081 listened on (an inbound connection on it is harmless), then the listener
+    # changes (the known set is emptied and learned again), then the very first contents again
+    # but without the listener: the connection is outbound now, an undeclared egress; the same
+    # contents as an earlier clean sample must not pass for clean.
+    shape = {"processes": [1], "gpu": [], "reading": 0, "ports": [8081, 9400], "connections": [7]}
+    pattern = [shape] * 3 + [shape | {"ports": [8081]}] * 2 + [shape | {"ports": [9400]}] * 3 + [shape] * 2
+    samples = [build(0, s, t, t + 1) for t, s in enumerate(pattern)]
+    pol = policy(network={"listenPorts": [8081]}, enforcement={"debounce": {"samples": 1}})
+    fast = run(pol, EngineContext(), samples, fast=True)
+    assert ("new", "net.egress.undeclared") in [(d.kind, d.violation.rule) for d in fast]
+    assert fast == run(pol, EngineContext(), samples, fast=False)
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0)), min_size=1, max_size=12))
+def test_the_tensor_mean_is_that_of_the_window_and_none_unless_every_sample_had_it(values: list[float | None]) -> None:
+    window = Window(MiningThresholds(window_samples=4))
+    for i, v in enumerate(values):
+        window.push(Sample(ts=T0 + i, pod=PODS[0], seq=i, dcgm={} if v is None else {DCGM_TENSOR_ACTIVE: v}))
+        last = values[max(0, i - 3) : i + 1]
+        expected = None if None in last else sum(x for x in last if x is not None) / len(last)
+        mean = window.tensor_active_mean
+        assert mean == pytest.approx(expected) if expected is not None else mean is None
+        assert window.tensor_active_mean == mean  # read twice in one sample: the same
