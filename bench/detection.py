@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/detection.py                 # a day of 1 Hz telemetry for 100 pods (8.64 M samples)
     .venv/bin/python bench/detection.py --samples 200000
-    .venv/bin/python bench/detection.py --samples 200000 --fresh   # every sample parsed from its own line
+    .venv/bin/python bench/detection.py --samples 200000 --parsed  # every sample parsed from its own line
+    .venv/bin/python bench/detection.py --samples 200000 --shared  # the old stream: sub-objects shared
 
 The samples are shaped like the example traces: a data-parallel worker with two GPUs, six
 processes, four listeners and eight connections (NCCL ring, rendezvous, DNS, the object store,
@@ -17,8 +18,9 @@ count; the wall-clock elapsed time is printed too):
 - **evaluate only**: `Engine.observe` and `Engine.tick` over the whole stream. The stream is made
   on the fly, one tick (one sample per pod) at a time, by copying one parsed sample per pod with
   a new time, seq, DCGM metrics and GPU readings (see `stream`); making it is not timed, and
-  nothing is held beyond a tick. With `--fresh`, every sample is parsed from its own JSON line
-  instead (nothing shared between samples, as the operator gets them; slower to make).
+  nothing is held beyond a tick. By default (mode fresh) every sample is a new object graph, as a
+  parse makes it (`built_stream`); `--parsed` parses every sample from its own JSON line (slower
+  to make); `--shared` copies one parsed sample per pod, sharing its sub-objects (kinder).
 - **parse only**: `Sample.model_validate_json` (the operator's edge) on `--parse-samples` JSON
   lines of the same shape (the parse rate does not depend on the length of the run).
 - **parse + evaluate**: measured, not derived: each of those lines parsed and at once observed
@@ -35,14 +37,20 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import marshal
 import os
 import random
 import resource
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from itertools import islice, repeat
+from typing import Any, TypeVar
 
-from trainguard.api.sample import GpuSample, Sample
+from pydantic import BaseModel
+
+from trainguard.api.sample import Connection, GpuProcess, GpuSample, ListeningSocket, ProcessInfo, Sample, SensorInfo
 from trainguard.api.v1alpha1 import (
     Debounce,
     EgressRule,
@@ -53,6 +61,8 @@ from trainguard.api.v1alpha1 import (
     PortSpec,
 )
 from trainguard.detection.engine import Engine, ManualClock
+
+M = TypeVar("M", bound=BaseModel)
 
 GOAL = 100_000
 DAY_SAMPLES = 86_400 * 100
@@ -186,7 +196,7 @@ def stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
     report them, and each sample is one `model_copy` of its pod's parsed sample. Processes,
     listeners and connections are the parsed ones, shared by a pod's samples (the engine compares
     what they hold, never whether they are the same objects, but comparing an object with itself
-    stops at once, so a shared stream is kinder to it than a parser: `--fresh` and the parse +
+    stops at once, so a shared stream is kinder to it than a parser: the fresh and parsed modes and the parse +
     evaluate figure, on freshly parsed samples, measure that). Nothing is kept beyond the GPU readings.
     """
     bases = [Sample.model_validate_json(line) for line in lines(pods, pods, rng)]
@@ -221,9 +231,178 @@ def stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
 
 
 def fresh_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
-    """`count` samples, each parsed from its own JSON line: no object shared between samples."""
+    """`count` samples, each parsed from its own JSON line: no object shared between samples (slow)."""
     for first in range(0, count, pods):
         yield from map(Sample.model_validate_json, lines(pods, min(pods, count - first), rng, first=first))
+
+
+#: pydantic-core's JSON parse hands out one shared object for a string shorter than this (its string
+#: cache) and a new one for a longer string (`check_built` checks that this still holds).
+STRING_CACHE_LEN = 64
+_FIELD_NAMES: dict[type[BaseModel], tuple[str, ...]] = {
+    cls: tuple(cls.model_fields)
+    for cls in (Sample, GpuSample, GpuProcess, ProcessInfo, ListeningSocket, Connection, SensorInfo)
+}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _cached(value: Any) -> Any:
+    """`value` with its short strings interned: shared, as the parser's string cache shares them."""
+    if isinstance(value, str):
+        return sys.intern(value) if len(value) < STRING_CACHE_LEN else value
+    if isinstance(value, list):
+        return [_cached(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_cached(v) for v in value)
+    if isinstance(value, dict):
+        return {_cached(k): _cached(v) for k, v in value.items()}
+    return value
+
+
+def _make(cls: type[M], fields: list[dict[str, Any]], fields_set: list[set[str]]) -> list[M]:
+    """Models of `cls` with these field dicts and fields-sets (new ones, from `marshal`), as a parse
+    leaves them (the values are those of a parse: nothing to validate)."""
+    n = len(fields)
+    objs = list(map(_new, repeat(cls, n)))
+    deque(map(_set, objs, repeat("__dict__", n), fields), 0)
+    deque(map(_set, objs, repeat("__pydantic_fields_set__", n), fields_set), 0)
+    deque(map(_set, objs, repeat("__pydantic_extra__", n), repeat(None, n)), 0)
+    deque(map(_set, objs, repeat("__pydantic_private__", n), repeat(None, n)), 0)
+    return objs
+
+
+def _state(m: BaseModel) -> tuple[dict[str, Any], set[str]]:
+    return dict(vars(m)), set(m.model_fields_set)
+
+
+def built_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
+    """`count` samples, each a new object graph as a parser makes it (no model, list, dict or set
+    shared with another sample), made without parsing.
+
+    One JSON line per pod is parsed, for the field values of its processes, listeners, connections
+    and GPUs; each tick, every pod's sample is made of new models around new copies of those field
+    dicts (`_make`), with a new time, seq, GPU readings and DCGM metrics as `lines` draws them.
+    The strings in them are shared between samples, as pydantic-core's string cache shares strings
+    shorter than `STRING_CACHE_LEN` (the bench's longest is 42 characters), and so are the ints that
+    do not change (pids, ports, byte counts): a parse makes those anew (above 256), which a field
+    comparison notices only as one identity test less; `--parsed` measures on real parses.
+    `check_built` compares such samples with the parse of the same lines.
+    """
+    bases = [Sample.model_validate_json(line) for line in lines(pods, pods, random.Random(0))]
+    assert all(
+        len(s) < STRING_CACHE_LEN
+        for b in bases
+        for m in (*b.processes, *b.connections, *(p for g in b.gpus for p in g.processes))
+        for s in vars(m).values()
+        if isinstance(s, str)
+    ), "a long string: make it anew per sample, as a parse does"
+    tensor_key = sys.intern("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")
+    sm_key = "DCGM_FI_PROF_SM_ACTIVE"
+
+    def state(models: list[Any]) -> tuple[list[dict[str, Any]], list[frozenset[str]], list[int]]:
+        return [vars(m) for m in models], [frozenset(m.model_fields_set) for m in models], [len(models)]
+
+    def flat(key: str) -> tuple[list[dict[str, Any]], list[frozenset[str]]]:
+        models = [m for b in bases for m in getattr(b, key)]
+        return [vars(m) for m in models], [frozenset(m.model_fields_set) for m in models]
+
+    kinds = [
+        (cls, key, *flat(key), [len(getattr(b, key)) for b in bases])
+        for cls, key in ((ProcessInfo, "processes"), (ListeningSocket, "listening"), (Connection, "connections"))
+    ]
+    gp_models = [p for b in bases for g in b.gpus for p in g.processes]
+    gp_fields, gp_sets = [vars(p) for p in gp_models], [frozenset(p.model_fields_set) for p in gp_models]
+    gpu_models = [g for b in bases for g in b.gpus]
+    gpu_fields, gpu_sets = [vars(g) for g in gpu_models], [frozenset(g.model_fields_set) for g in gpu_models]
+    sensor_fields, sensor_sets = [vars(b.sensor) for b in bases], [frozenset(b.sensor.model_fields_set) for b in bases]
+    sample_sets = [frozenset(b.model_fields_set) for b in bases]
+    if any(len(b.gpus) != 2 for b in bases):
+        raise ValueError("the stream draws two GPU readings per sample")
+    uniform = rng.uniform
+    for first in range(0, count, pods):
+        second = first // pods
+        n = min(pods, count - first)
+        made = {}
+        for cls, key, fields, sets, counts in kinds:
+            objs = iter(_make(cls, list(map(dict, fields)), list(map(set, sets))))
+            made[key] = [list(islice(objs, c)) for c in counts]
+        gprocs = iter(_make(GpuProcess, list(map(dict, gp_fields)), list(map(set, gp_sets))))
+        g_fields = list(map(dict, gpu_fields))
+        heads = []
+        for rank in range(n):
+            u0, u1 = uniform(0.5, 0.99), uniform(0.5, 0.99)
+            for g, u in zip(g_fields[2 * rank : 2 * rank + 2], (u0, u1)):
+                g["utilization"] = round(u, 2)
+                g["power_watts"] = round(120 + 560 * u, 1)
+                g["processes"] = list(islice(gprocs, len(g["processes"])))
+            heads.append(
+                {
+                    "ts": round(T0 + second + rank * 1e-4, 3),
+                    "pod": bases[rank].pod,
+                    "seq": int(str(second)),
+                    "gpus": None,
+                    "processes": made["processes"][rank],
+                    "listening": made["listening"][rank],
+                    "connections": made["connections"][rank],
+                    "dcgm": {tensor_key: round(0.5 * (u0 + u1) * 0.55, 3), sm_key: bases[rank].dcgm[sm_key] + 0.0},
+                    "sensor": None,
+                }
+            )
+        gpus = iter(_make(GpuSample, g_fields, list(map(set, gpu_sets))))
+        sensor_dicts = [{**f, "errors": []} for f in sensor_fields[:n]]
+        sensors = _make(SensorInfo, sensor_dicts, list(map(set, sensor_sets[:n])))
+        for h, sensor in zip(heads, sensors):
+            h["gpus"] = [next(gpus), next(gpus)]
+            h["sensor"] = sensor
+        yield from _make(Sample, heads, list(map(set, sample_sets[:n])))
+
+
+def check_built(pods: int) -> None:
+    """The built samples are those a parse of the same values makes, and share no object but short strings."""
+    made = list(built_stream(pods, 2 * pods, random.Random(1)))
+    parsed = list(map(Sample.model_validate_json, lines(pods, 2 * pods, random.Random(1))))
+    for m, p in zip(made, parsed, strict=True):
+        assert m == p and m.model_dump() == p.model_dump(), (m, p)
+        assert m.model_fields_set == p.model_fields_set and m.gpus[0].model_fields_set == p.gpus[0].model_fields_set
+
+    def objects(value: Any) -> Iterator[Any]:
+        yield value
+        if isinstance(value, BaseModel):
+            value = list(vars(value).values()) + [value.model_fields_set]
+        if isinstance(value, dict):
+            value = [*value, *value.values()]
+        if isinstance(value, list | tuple | set):
+            for v in value:
+                yield from objects(v)
+
+    def shared(samples: list[Sample], ints: bool = False) -> set[str]:
+        seen: dict[int, int] = {}
+        out = set()
+        for k, s in enumerate(samples):
+            for o in objects(s):
+                if o is None or isinstance(o, bool) or (isinstance(o, int) and (ints or -5 <= o <= 256)):
+                    continue
+                if isinstance(o, str) and len(o) < STRING_CACHE_LEN:
+                    continue
+                if seen.setdefault(id(o), k) != k:
+                    out.add(f"{type(o).__name__} {o!r:.40}")
+        return out
+
+    # A parse shares short strings and nothing else (so says this check of pydantic-core); these
+    # share the ints too (see `built_stream`).
+    assert not shared(parsed), shared(parsed)
+    assert not shared(made, ints=True), shared(made, ints=True)
+    long_string = "python3 -u train.py " + "--flag " * 10
+    a, b = (ProcessInfo.model_validate_json(f'{{"pid":1,"cmdline":"{long_string}","name":"python3"}}') for _ in "ab")
+    assert a.name is b.name and a.cmdline is not b.cmdline, "pydantic-core's string cache changed: see STRING_CACHE_LEN"
+
+
+MODES = {
+    "fresh": "mode fresh: every sample a new object graph, as parsed (strings and ints shared)",
+    "parsed": "mode parsed: every sample parsed from its own JSON line",
+    "shared": "mode shared: a pod's samples share its processes, listeners and connections (kinder)",
+}
 
 
 def main() -> int:
@@ -234,8 +413,16 @@ def main() -> int:
         "--parse-samples", type=int, default=100_000, help="JSON lines to parse for the parse figure (default 100000)"
     )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--fresh", action="store_true", help="evaluate samples each parsed from its own line (nothing shared)"
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--shared",
+        action="store_const",
+        dest="mode",
+        const="shared",
+        help="samples copied from one parsed sample per pod, sharing its processes, listeners and connections",
+    )
+    modes.add_argument(
+        "--parsed", action="store_const", dest="mode", const="parsed", help="every sample parsed from its own line"
     )
     args = parser.parse_args()
 
@@ -255,7 +442,10 @@ def main() -> int:
     done = 0
     pods = args.pods
     t0 = time.process_time()
-    samples = (fresh_stream if args.fresh else stream)(pods, args.samples, rng)
+    mode = args.mode or "fresh"
+    if mode == "fresh":
+        check_built(pods)
+    samples = {"fresh": built_stream, "parsed": fresh_stream, "shared": stream}[mode](pods, args.samples, rng)
     while done < args.samples:
         # One tick's worth at a time: made (not timed), then evaluated (timed), then dropped.
         batch = list(itertools.islice(samples, pods))
@@ -281,7 +471,7 @@ def main() -> int:
     evaluated_per_s = done / spent
     print(
         f"detection benchmark: {done:,} samples ({pods} pods, {done / pods:,.0f} s of 1 Hz telemetry), streamed"
-        f"{' (each sample freshly parsed)' if args.fresh else ''}"
+        f", {MODES[mode]}"
         f"{f', pinned to CPU {cpu}' if cpu is not None else ''}, Python {sys.version.split()[0]}"
     )
     print("  figures are samples per CPU second of this process (other work on the machine does not count)")
