@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import marshal
 import os
 import random
 import resource
@@ -247,19 +246,6 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def _cached(value: Any) -> Any:
-    """`value` with its short strings interned: shared, as the parser's string cache shares them."""
-    if isinstance(value, str):
-        return sys.intern(value) if len(value) < STRING_CACHE_LEN else value
-    if isinstance(value, list):
-        return [_cached(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_cached(v) for v in value)
-    if isinstance(value, dict):
-        return {_cached(k): _cached(v) for k, v in value.items()}
-    return value
-
-
 def _make(cls: type[M], fields: list[dict[str, Any]], fields_set: list[set[str]]) -> list[M]:
     """Models of `cls` with these field dicts and fields-sets (new ones, from `marshal`), as a parse
     leaves them (the values are those of a parse: nothing to validate)."""
@@ -270,10 +256,6 @@ def _make(cls: type[M], fields: list[dict[str, Any]], fields_set: list[set[str]]
     deque(map(_set, objs, repeat("__pydantic_extra__", n), repeat(None, n)), 0)
     deque(map(_set, objs, repeat("__pydantic_private__", n), repeat(None, n)), 0)
     return objs
-
-
-def _state(m: BaseModel) -> tuple[dict[str, Any], set[str]]:
-    return dict(vars(m)), set(m.model_fields_set)
 
 
 def built_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
@@ -299,9 +281,6 @@ def built_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
     ), "a long string: make it anew per sample, as a parse does"
     tensor_key = sys.intern("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")
     sm_key = "DCGM_FI_PROF_SM_ACTIVE"
-
-    def state(models: list[Any]) -> tuple[list[dict[str, Any]], list[frozenset[str]], list[int]]:
-        return [vars(m) for m in models], [frozenset(m.model_fields_set) for m in models], [len(models)]
 
     def flat(key: str) -> tuple[list[dict[str, Any]], list[frozenset[str]]]:
         models = [m for b in bases for m in getattr(b, key)]
@@ -332,7 +311,7 @@ def built_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
         heads = []
         for rank in range(n):
             u0, u1 = uniform(0.5, 0.99), uniform(0.5, 0.99)
-            for g, u in zip(g_fields[2 * rank : 2 * rank + 2], (u0, u1)):
+            for g, u in zip(g_fields[2 * rank : 2 * rank + 2], (u0, u1), strict=True):
                 g["utilization"] = round(u, 2)
                 g["power_watts"] = round(120 + 560 * u, 1)
                 g["processes"] = list(islice(gprocs, len(g["processes"])))
@@ -352,7 +331,7 @@ def built_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
         gpus = iter(_make(GpuSample, g_fields, list(map(set, gpu_sets))))
         sensor_dicts = [{**f, "errors": []} for f in sensor_fields[:n]]
         sensors = _make(SensorInfo, sensor_dicts, list(map(set, sensor_sets[:n])))
-        for h, sensor in zip(heads, sensors):
+        for h, sensor in zip(heads, sensors, strict=True):
             h["gpus"] = [next(gpus), next(gpus)]
             h["sensor"] = sensor
         yield from _make(Sample, heads, list(map(set, sample_sets[:n])))
@@ -369,7 +348,7 @@ def check_built(pods: int) -> None:
     def objects(value: Any) -> Iterator[Any]:
         yield value
         if isinstance(value, BaseModel):
-            value = list(vars(value).values()) + [value.model_fields_set]
+            value = [*vars(value).values(), value.model_fields_set]
         if isinstance(value, dict):
             value = [*value, *value.values()]
         if isinstance(value, list | tuple | set):
