@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from operator import attrgetter
 
 from trainguard.api.sample import Sample
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
+
+_FIELDS = attrgetter("__dict__")
 
 
 class GpuSeries:
@@ -165,8 +168,12 @@ class Window:
         self._tensor_mean: tuple[int, float | None] = (-1, None)
 
     def push(self, sample: Sample) -> None:
+        # The models' fields are read from their field dicts: a pydantic model's attribute access
+        # goes through its `__getattr__` hook (and is not specialized by the interpreter), a dict
+        # subscript does not. This runs for every sample.
+        fields = sample.__dict__
         self.previous_seq = self.seq
-        self.seq = sample.seq
+        self.seq = fields["seq"]
         self.samples += 1
         gpus = self.gpus
         full = 0
@@ -175,23 +182,25 @@ class Window:
         bounded = self._bounded
         if bounded:
             max_util, max_mem, max_power = self._bounds
-        sample_gpus = sample.gpus
-        for g in sample_gpus:
-            series = gpus.get(g.index)
+        sample_gpus = fields["gpus"]
+        for g in map(_FIELDS, sample_gpus):
+            index = g["index"]
+            series = gpus.get(index)
             if series is None:
-                series = gpus[g.index] = GpuSeries(self._thresholds.window_samples, low_below)
-            util = g.utilization
-            if bounded and (util > max_util or g.memory_used_bytes > max_mem or g.power_watts > max_power):
+                series = gpus[index] = GpuSeries(self._thresholds.window_samples, low_below)
+            util = g["utilization"]
+            if bounded and (util > max_util or g["memory_used_bytes"] > max_mem or g["power_watts"] > max_power):
                 over = True
             # GpuSeries.push, inlined: this runs for every GPU of every sample.
-            if util < low_below:
-                if series.values:
-                    series.reset()
-                continue
             values = series.values
-            power = g.power_watts
-            total = g.memory_total_bytes
-            mem = g.memory_used_bytes / total if total else 1.0
+            if util < low_below:
+                if values:
+                    values.clear()  # GpuSeries.reset
+                    series.summed = False
+                continue
+            power = g["power_watts"]
+            total = g["memory_total_bytes"]
+            mem = g["memory_used_bytes"] / total if total else 1.0
             values.append((util, power, mem))
             if series.summed:
                 u, p, m = values.popleft()
@@ -212,7 +221,7 @@ class Window:
             full = sum(1 for s in gpus.values() if s.full)
         self.full_gpus = full
         self.over_bounds = over
-        dcgm = sample.dcgm
+        dcgm = fields["dcgm"]
         self.tensor.append(dcgm.get(DCGM_TENSOR_ACTIVE) if dcgm else None)
 
     @property

@@ -279,3 +279,35 @@ def test_the_tensor_mean_is_that_of_the_window_and_none_unless_every_sample_had_
         mean = window.tensor_active_mean
         assert mean == pytest.approx(expected) if expected is not None else mean is None
         assert window.tensor_active_mean == mean  # read twice in one sample: the same
+
+
+def test_the_last_clean_sample_is_kept_as_copies_of_its_fields() -> None:
+    # The fingerprint the fast path compares with holds copies of the clean sample's field dicts
+    # (equal, not the same objects), so a later sample, equal but new, is clean at one comparison,
+    # and the clean sample's objects are not kept alive.
+    engine = Engine(POLICY, EngineContext(), clock=ManualClock(T0))
+    first = [build(0, CLEAN, t, t + 1) for t in range(3)]
+    for s in first:
+        assert engine.observe(s) == []
+    clean = engine._pods[PODS[0]].clean
+    assert clean is not None
+    fields = [vars(m) for s in first for m in (*s.processes, *s.listening, *s.connections)]
+    assert not any(f is c for f in fields for c in clean)
+    assert engine.observe(build(0, CLEAN, 3, 4)) == []
+    assert engine._pods[PODS[0]].clean is clean  # the same contents: nothing new to remember
+
+
+def test_addresses_learned_late_are_learned_once_known_ones_are_skipped() -> None:
+    # The engine learns pod IPs from local addresses in a pod's first samples and every 16th after;
+    # one it has seen is skipped at a set lookup, one it has not is learned, however late it comes.
+    ctx = EngineContext(learn_pod_ips=True)
+    engine = Engine(POLICY, ctx, clock=ManualClock(T0))
+    for t in range(31):
+        engine.observe(build(0, CLEAN, t, t + 1))
+    learned = set(engine._learned_locals)
+    assert learned == {f"{POD_IPS[0]}:{CONNECTIONS[i][1]}" for i in CLEAN["connections"]}
+    moved = build(0, CLEAN, 31, 32)  # the 32nd sample: a learning one
+    locals_ = [c.model_copy(update={"local": f"10.244.9.9:{41000 + k}"}) for k, c in enumerate(moved.connections)]
+    moved = moved.model_copy(update={"connections": locals_})
+    engine.observe(moved)
+    assert engine._learned_locals == learned | {c.local for c in moved.connections}
