@@ -17,10 +17,12 @@ count; the wall-clock elapsed time is printed too):
 
 - **evaluate only**: `Engine.observe` and `Engine.tick` over the whole stream. The stream is made
   on the fly, one tick (one sample per pod) at a time, by copying one parsed sample per pod with
-  a new time, seq, DCGM metrics and GPU readings (see `stream`); making it is not timed, and
-  nothing is held beyond a tick. By default (mode fresh) every sample is a new object graph, as a
-  parse makes it (`built_stream`); `--parsed` parses every sample from its own JSON line (slower
-  to make); `--shared` copies one parsed sample per pod, sharing its sub-objects (kinder).
+  a new time, seq, DCGM metrics and GPU readings (see `stream`); making it is not timed (the
+  garbage collector is off while it is made, on while it is evaluated: collections then are
+  counted; `--gc-while-making` keeps it on), and nothing is held beyond a tick. By default
+  (mode fresh) every sample is a new object graph, as a parse makes it (`built_stream`);
+  `--parsed` parses every sample from its own JSON line (slower to make); `--shared` copies one
+  parsed sample per pod, sharing its sub-objects (kinder).
 - **parse only**: `Sample.model_validate_json` (the operator's edge) on `--parse-samples` JSON
   lines of the same shape (the parse rate does not depend on the length of the run).
 - **parse + evaluate**: measured, not derived: each of those lines parsed and at once observed
