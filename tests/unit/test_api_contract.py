@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml"))
 INVALID = sorted((ROOT / "examples" / "invalid").glob("*.yaml"))
 
 
+@functools.cache
 def openapi() -> dict[str, Any]:
     crd = yaml.safe_load((ROOT / crdgen.CRD_PATHS[0]).read_text())
     schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -62,9 +64,7 @@ def test_check_names_the_stale_file_and_says_how_to_fix_it(tmp_path: Path) -> No
     assert result.returncode == 1
     assert str(crdgen.CRD_PATHS[1]) in result.stderr
     assert "make crds" in result.stderr
-    named = [
-        line.split(":")[0] for line in result.stderr.splitlines() if "differs from the API models" in line
-    ]
+    named = [line.split(":")[0] for line in result.stderr.splitlines() if "differs from the API models" in line]
     assert named == [str(crdgen.CRD_PATHS[1])]
 
 
@@ -249,9 +249,7 @@ def test_invalid_resource_messages_use_camel_case_paths() -> None:
                 }
             }
         )
-    assert info.value.problems == [
-        "spec.policy.network.egress[0]: every except entry must be a CIDR, got 'x'"
-    ]
+    assert info.value.problems == ["spec.policy.network.egress[0]: every except entry must be a CIDR, got 'x'"]
     with pytest.raises(InvalidResource, match="expected an object"):
         parse_agent_training_job([])  # type: ignore[arg-type]
 

@@ -19,6 +19,14 @@ from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
 _FIELDS = attrgetter("__dict__")
 
 
+def _stddev(total: float, squares: float, n: int) -> float:
+    """Population standard deviation from a running sum and sum of squares (0 for no values)."""
+    if not n:
+        return 0.0
+    mean = total / n
+    return math.sqrt(max(squares / n - mean * mean, 0.0))
+
+
 class GpuSeries:
     """One GPU's current run of busy samples, the last `length` of them (utilization, power,
     framebuffer fraction), and their sums. `full` means the last `length` samples were all busy.
@@ -98,11 +106,7 @@ class GpuSeries:
     @property
     def util_stddev(self) -> float:
         self._sums()
-        n = len(self.values)
-        if not n:
-            return 0.0
-        mean = self.util_sum / n
-        return math.sqrt(max(self.util_sq / n - mean * mean, 0.0))
+        return _stddev(self.util_sum, self.util_sq, len(self.values))
 
     @property
     def power_mean(self) -> float:
@@ -116,8 +120,7 @@ class GpuSeries:
         n = len(self.values)
         if not n or self.power_sum <= 0.0:
             return 0.0
-        mean = self.power_sum / n
-        return math.sqrt(max(self.power_sq / n - mean * mean, 0.0)) / mean
+        return _stddev(self.power_sum, self.power_sq, n) / (self.power_sum / n)
 
     @property
     def mem_fraction_mean(self) -> float:
