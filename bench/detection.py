@@ -63,6 +63,7 @@ from trainguard.api.v1alpha1 import (
     PortSpec,
 )
 from trainguard.detection.engine import Engine, ManualClock
+from trainguard.detection.reader import SampleReader
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -115,23 +116,26 @@ def template(rank: int, pods: int) -> str:
         f'{{"proto":"tcp","address":"{ip}","port":41000,"pid":27}},'
         f'{{"proto":"tcp","address":"{ip}","port":41001,"pid":28}}' + extra_listen
     )
-    conns = ",".join(
-        [
-            f'{{"proto":"tcp","local":"{ip}:9400","remote":"10.244.0.5:48812","state":"ESTABLISHED","pid":900}}',
-            f'{{"proto":"tcp","local":"{ip}:50101","remote":"10.0.0.10:29500","state":"ESTABLISHED","pid":1}}',
-            *(
-                f'{{"proto":"tcp","local":"{ip}:{52000 + i}","remote":"{nxt}:{41000 + i}","state":"ESTABLISHED",'
-                f'"pid":{27 + i}}}'
-                for i in range(2)
-            ),
-            *(
-                f'{{"proto":"tcp","local":"{ip}:{41000 + i}","remote":"{prv}:{52000 + i}","state":"ESTABLISHED",'
-                f'"pid":{27 + i}}}'
-                for i in range(2)
-            ),
-            f'{{"proto":"tcp","local":"{ip}:44100","remote":"203.0.113.40:443","state":"ESTABLISHED","pid":27}}',
-            f'{{"proto":"udp","local":"{ip}:33000","remote":"10.96.0.10:53","state":"ESTABLISHED","pid":27}}',
-        ]
+    conns = (
+        ",".join(
+            [
+                f'{{"proto":"tcp","local":"{ip}:9400","remote":"10.244.0.5:48812","state":"ESTABLISHED","pid":900}}',
+                f'{{"proto":"tcp","local":"{ip}:50101","remote":"10.0.0.10:29500","state":"ESTABLISHED","pid":1}}',
+                *(
+                    f'{{"proto":"tcp","local":"{ip}:{52000 + i}","remote":"{nxt}:{41000 + i}","state":"ESTABLISHED",'
+                    f'"pid":{27 + i}}}'
+                    for i in range(2)
+                ),
+                *(
+                    f'{{"proto":"tcp","local":"{ip}:{41000 + i}","remote":"{prv}:{52000 + i}","state":"ESTABLISHED",'
+                    f'"pid":{27 + i}}}'
+                    for i in range(2)
+                ),
+                f'{{"proto":"tcp","local":"{ip}:44100","remote":"203.0.113.40:443","state":"ESTABLISHED","pid":27}}',
+                f'{{"proto":"udp","local":"{ip}:33000","remote":"10.96.0.10:53","state":"ESTABLISHED","pid":27}}',
+            ]
+        )
+        + "%(extra)s"
     )
     dcgm = '"dcgm":{"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE":%(t).3f,"DCGM_FI_PROF_SM_ACTIVE":0.85}'
     return (
@@ -140,14 +144,27 @@ def template(rank: int, pods: int) -> str:
     )
 
 
-def lines(pods: int, count: int, rng: random.Random, first: int = 0) -> list[str]:
-    """`count` JSON lines, pods interleaved one second at a time, from the `first`-th sample on."""
+def lines(pods: int, count: int, rng: random.Random, first: int = 0, churn: float = 0.0) -> list[str]:
+    """`count` JSON lines, pods interleaved one second at a time, from the `first`-th sample on.
+
+    With probability `churn` a sample holds one more connection than its pod's usual ones: a
+    short-lived upload to the object store from a new ephemeral port (a new connection, never
+    seen before, so the engine evaluates the sample rule by rule).
+    """
     templates = [template(r, pods) for r in range(pods)]
     out = []
     for k in range(first, first + count):
         second, rank = divmod(k, pods)
         u0, u1 = rng.uniform(0.5, 0.99), rng.uniform(0.5, 0.99)
+        extra = ""
+        if churn and rng.random() < churn:
+            port = 32768 + k % 28000
+            extra = (
+                f',{{"proto":"tcp","local":"10.{rank // 250}.{rank % 250}.10:{port}",'
+                f'"remote":"203.0.113.41:443","state":"ESTABLISHED","pid":27}}'
+            )
         values = {
+            "extra": extra,
             "ts": T0 + second + rank * 1e-4,
             "seq": second,
             "u0": u0,
@@ -160,34 +177,57 @@ def lines(pods: int, count: int, rng: random.Random, first: int = 0) -> list[str
     return out
 
 
-def parse_rates(pods: int, count: int, rng: random.Random) -> tuple[float, float, float]:
-    """(parse only, parse + evaluate, wall seconds) on `count` JSON lines, made a tick at a time.
+def parse_rates(pods: int, count: int, rng: random.Random, churn: float) -> dict[str, float]:
+    """Samples per CPU second on `count` JSON lines, made a tick at a time, four ways.
 
-    Parse only: `Sample.model_validate_json`, samples per CPU second. Parse + evaluate: each line
-    parsed and fed to an engine at once, as the operator does (the engine sees freshly parsed
-    objects, nothing shared between samples), samples per CPU second.
+    - parse: `Sample.model_validate_json`, each line on its own;
+    - parse + evaluate: each line parsed so, and at once observed by an engine (which sees freshly
+      parsed objects, nothing shared between samples);
+    - read: a `SampleReader` (what replay and the operator use), each pod's unchanged sections
+      taken from its previous line;
+    - read + evaluate: each line read so, and at once observed by an engine.
     """
-    started = time.perf_counter()
-    parsing = both = 0.0
+    spent = dict.fromkeys(("parse", "parse + evaluate", "read", "read + evaluate"), 0.0)
     done = 0
-    clock = ManualClock(T0)
-    engine = Engine(POLICY, clock=clock)
+    engines = {k: (Engine(POLICY, clock=ManualClock(T0)), SampleReader()) for k in ("parse", "read")}
+    timing_reader = SampleReader()
     while done < count:
-        chunk = lines(pods, min(pods, count - done), rng, first=done)
+        chunk = lines(pods, min(pods, count - done), rng, first=done, churn=churn)
+        ts = T0 + done // pods
         t0 = time.process_time()
         for line in chunk:
             Sample.model_validate_json(line)
         t1 = time.process_time()
-        ts = T0 + done // pods
-        clock.set(ts)
-        engine.tick(ts)
+        for line in chunk:
+            timing_reader.read(line)
+        t2 = time.process_time()
+        for engine, _ in engines.values():
+            engine.clock.set(ts)  # type: ignore[attr-defined]
+            engine.tick(ts)
+        t3 = time.process_time()
+        engine = engines["parse"][0]
         for line in chunk:
             engine.observe(Sample.model_validate_json(line))
-        t2 = time.process_time()
-        parsing += t1 - t0
-        both += t2 - t1
+        t4 = time.process_time()
+        engine, reader = engines["read"]
+        for line in chunk:
+            engine.observe(reader.read(line))
+        t5 = time.process_time()
+        spent["parse"] += t1 - t0
+        spent["read"] += t2 - t1
+        spent["parse + evaluate"] += t4 - t3
+        spent["read + evaluate"] += t5 - t4
         done += len(chunk)
-    return done / parsing, done / both, time.perf_counter() - started
+    return {k: done / v for k, v in spent.items()}
+
+
+def read_stream(pods: int, count: int, rng: random.Random, churn: float) -> Iterator[Sample]:
+    """`count` samples, each read from its own JSON line by one `SampleReader`, as `trainguard
+    replay` and the operator read them: a pod's sections that did not change since its previous
+    line are its previous sample's (shared), the rest is parsed."""
+    reader = SampleReader()
+    for first in range(0, count, pods):
+        yield from map(reader.read, lines(pods, min(pods, count - first), rng, first=first, churn=churn))
 
 
 def stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
@@ -232,10 +272,10 @@ def stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
         )
 
 
-def fresh_stream(pods: int, count: int, rng: random.Random) -> Iterator[Sample]:
+def fresh_stream(pods: int, count: int, rng: random.Random, churn: float = 0.0) -> Iterator[Sample]:
     """`count` samples, each parsed from its own JSON line: no object shared between samples (slow)."""
     for first in range(0, count, pods):
-        yield from map(Sample.model_validate_json, lines(pods, min(pods, count - first), rng, first=first))
+        yield from map(Sample.model_validate_json, lines(pods, min(pods, count - first), rng, first=first, churn=churn))
 
 
 #: pydantic-core's JSON parse hands out one shared object for a string shorter than this (its string
@@ -381,10 +421,13 @@ def check_built(pods: int) -> None:
 
 
 MODES = {
-    "fresh": "mode fresh: every sample a new object graph, as parsed (strings and ints shared)",
-    "parsed": "mode parsed: every sample parsed from its own JSON line",
-    "shared": "mode shared: a pod's samples share its processes, listeners and connections (kinder)",
+    "read": "mode read: every sample read from its own JSON line by a SampleReader, as replay and the operator read",
+    "fresh": "mode fresh: every sample a new object graph, as a plain parse makes it (strings and ints shared)",
+    "parsed": "mode parsed: every sample parsed from its own JSON line by Sample.model_validate_json",
+    "shared": "mode shared: a pod's samples copied from one parse, sharing its sections",
 }
+#: Samples with a connection never seen before, by default (modes read and parsed).
+CHURN = 0.01
 
 
 def main() -> int:
@@ -394,8 +437,21 @@ def main() -> int:
     parser.add_argument(
         "--parse-samples", type=int, default=100_000, help="JSON lines to parse for the parse figure (default 100000)"
     )
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=CHURN,
+        help=f"share of samples holding a connection never seen before (modes read and parsed; default {CHURN})",
+    )
     parser.add_argument("--seed", type=int, default=7)
     modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--fresh",
+        action="store_const",
+        dest="mode",
+        const="fresh",
+        help="every sample a new object graph, as Sample.model_validate_json makes it (no churn)",
+    )
     modes.add_argument(
         "--shared",
         action="store_const",
@@ -419,7 +475,9 @@ def main() -> int:
         os.sched_setaffinity(0, {cpu})
     rng = random.Random(args.seed)
     parse_count = min(args.parse_samples, args.samples)
-    parsed_per_s, parsed_evaluated_per_s, parse_wall = parse_rates(args.pods, parse_count, rng)
+    parse_started = time.perf_counter()
+    rates = parse_rates(args.pods, parse_count, rng, args.churn)
+    parse_wall = time.perf_counter() - parse_started
 
     started = time.perf_counter()
     clock = ManualClock(T0)
@@ -429,10 +487,15 @@ def main() -> int:
     done = 0
     pods = args.pods
     t0 = time.process_time()
-    mode = args.mode or "fresh"
+    mode = args.mode or "read"
     if mode == "fresh":
         check_built(pods)
-    samples = {"fresh": built_stream, "parsed": fresh_stream, "shared": stream}[mode](pods, args.samples, rng)
+    if mode == "read":
+        samples = read_stream(pods, args.samples, rng, args.churn)
+    elif mode == "parsed":
+        samples = fresh_stream(pods, args.samples, rng, args.churn)
+    else:
+        samples = {"fresh": built_stream, "shared": stream}[mode](pods, args.samples, rng)
     # The garbage collector is off while a batch is made (it would walk the whole heap every few
     # batches: about 45% of the making) and on while it is evaluated, so that collections the engine
     # causes are timed; they are counted. `--gc-while-making` keeps it on throughout.
@@ -482,11 +545,16 @@ def main() -> int:
         f"  evaluate only (Engine.observe + tick):      {evaluated_per_s:>10,.0f} samples/s"
         f"  ({spent:.1f} s CPU; {elapsed:.1f} s wall with making the samples, {generating:.1f} s CPU of it)"
     )
-    print(f"  parse only (Sample.model_validate_json):    {parsed_per_s:>10,.0f} samples/s  (on {parse_count:,} lines)")
+    churned = f", {args.churn:.0%} of samples with a new connection" if mode in ("read", "parsed") else ""
+    print(f"  ({MODES[mode].split(': ', 1)[1]}{churned})")
     print(
-        f"  parse + evaluate (each line parsed, then observed): {parsed_evaluated_per_s:>10,.0f} samples/s"
-        f"  (same lines, {parse_wall:.1f} s wall for both parse figures)"
+        f"  on {parse_count:,} JSON lines of the same shape ({args.churn:.0%} with a new connection),"
+        f" {parse_wall:.1f} s wall for these four:"
     )
+    print(f"    parse only (Sample.model_validate_json):  {rates['parse']:>10,.0f} samples/s")
+    print(f"    parse + evaluate (parsed, then observed): {rates['parse + evaluate']:>10,.0f} samples/s")
+    print(f"    read only (SampleReader.read):            {rates['read']:>10,.0f} samples/s")
+    print(f"    read + evaluate (read, then observed):    {rates['read + evaluate']:>10,.0f} samples/s")
     print(
         f"  garbage collections while evaluating: {timed_collections[0]}"
         f" (collector {'on' if args.gc_while_making else 'off'} while making samples)"

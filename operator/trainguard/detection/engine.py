@@ -138,6 +138,9 @@ class _Pod:
     #: `known` and `ports`. A sample with the same fingerprint holds the same keys and ports, so it
     #: is clean too while they hold: it is forgotten when `known` is emptied (it only grows otherwise).
     clean: list[object] | None = None
+    #: The sections (the list objects) of the last sample proven clean, and its GPU processes'
+    #: keys: a sample holding the very same lists holds the same contents. Forgotten with `clean`.
+    same: tuple[object, object, object, list[tuple[str, str]]] | None = None
 
 
 class Engine:
@@ -230,23 +233,35 @@ class Engine:
             # - what it holds: the same as the last sample proven clean (the common case: one
             #   comparison), or else the same listening ports as when the pod's known set was
             #   filled, and every process, GPU process and connection in that set.
-            fingerprint = [
-                *map(_FIELDS, fields["processes"]),
-                *map(_FIELDS, fields["listening"]),
-                *map(_FIELDS, connections),
-                *[_PROCESS_KEY(p) for g in fields["gpus"] for p in g.processes],
-            ]
-            if fingerprint == pod.clean:
+            processes = fields["processes"]
+            listening = fields["listening"]
+            gpu_keys = [_PROCESS_KEY(p) for g in fields["gpus"] for p in g.processes]
+            # The same sections (list objects) as the last sample proven clean: a `SampleReader`
+            # hands a pod's unchanged sections on, so this is the common case; lists in frozen
+            # samples do not change.
+            same = pod.same
+            if (
+                same is not None
+                and processes is same[0]
+                and listening is same[1]
+                and connections is same[2]
+                and gpu_keys == same[3]
+            ):
                 return []
-            if (tuple(map(_PORT, sample.listening)) if sample.listening else ()) == pod.ports and pod.known.issuperset(
+            fingerprint = [*map(_FIELDS, processes), *map(_FIELDS, listening), *map(_FIELDS, connections), *gpu_keys]
+            if fingerprint == pod.clean:
+                pod.same = (processes, listening, connections, gpu_keys)
+                return []
+            if (tuple(map(_PORT, listening)) if listening else ()) == pod.ports and pod.known.issuperset(
                 chain(
-                    map(_PROCESS_KEY, sample.processes),
-                    map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, sample.gpus))),
+                    map(_PROCESS_KEY, processes),
+                    map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, fields["gpus"]))),
                     map(_CONNECTION_KEY, connections),
                 )
             ):
                 # Copies of the field dicts: compact, and the sample's objects are not kept alive.
                 pod.clean = [f.copy() if type(f) is dict else f for f in fingerprint]
+                pod.same = (processes, listening, connections, gpu_keys)
                 return []
         inp = RuleInput(
             sample=sample, window=window, policy=self.policy, now=now, job_ips=self._job_ips, quiet=self._quiet
@@ -325,7 +340,7 @@ class Engine:
         known = pod.known
         if listening != pod.ports or len(known) >= KNOWN_LIMIT:
             known.clear()
-            pod.clean = None
+            pod.clean = pod.same = None
             # A port that is not exempt is a finding: such a pod is not clean, whatever it holds.
             pod.ports = listening if all(policy.listen_exempt(port) for port in listening) else None
         for p in sample.processes:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from trainguard.api import validation
 from trainguard.api.sample import Sample
+from trainguard.detection.reader import SampleReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,16 @@ def parse_line(text: str | bytes) -> Sample:
 
 
 def read_samples(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, Sample | LineError]]:
-    """(line number, sample or error) for each non-blank line."""
+    """(line number, sample or error) for each non-blank line.
+
+    Lines are read by a `SampleReader`: each sample is the one `parse_line` returns, and a pod's
+    sections that did not change since its previous line are that line's (shared, read-only).
+    """
+    reader = SampleReader()
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            yield number, parse_line(text)
+            yield number, reader.read(text)
         except ValidationError as err:
             yield number, LineError(source, number, describe(err))

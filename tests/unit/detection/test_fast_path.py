@@ -20,6 +20,7 @@ from trainguard.api.sample import Sample
 from trainguard.api.v1alpha1 import Monitoring, Policy
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, EngineContext, MiningThresholds
 from trainguard.detection.engine import Engine, ManualClock
+from trainguard.detection.reader import SampleReader
 from trainguard.detection.violation import Decision
 from trainguard.detection.window import Window
 
@@ -153,6 +154,15 @@ def build(pod: int, shape: dict[str, Any], t: int, seq: int) -> Sample:
     )
 
 
+def through_reader(samples: list[Sample]) -> list[Sample]:
+    """The samples as a `SampleReader` gives them from their JSON lines: a pod's unchanged
+    sections are the list objects of its previous sample."""
+    reader = SampleReader()
+    out = [reader.read(s.model_dump_json(by_alias=True)) for s in samples]
+    assert out == samples
+    return out
+
+
 def run(pol: Policy, ctx: EngineContext, samples: list[Sample], fast: bool) -> list[Decision]:
     clock = ManualClock(T0)
     engine = Engine(pol, ctx, clock=clock, monitoring=Monitoring(sensor_silence_seconds=5), fast_path=fast)
@@ -170,16 +180,15 @@ def run(pol: Policy, ctx: EngineContext, samples: list[Sample], fast: bool) -> l
     st.lists(shapes, min_size=1, max_size=2),
     steps,
     st.integers(min_value=1, max_value=3),
-    st.booleans(),
-    st.booleans(),
+    st.tuples(st.booleans(), st.booleans(), st.booleans()),
 )
 def test_fast_path_makes_the_same_decisions_as_rule_by_rule_evaluation(
     pool: list[dict[str, Any]],
     sequence: list[tuple[int, int, int, bool]],
     debounce: int,
-    learn: bool,
-    escalate: bool,
+    switches: tuple[bool, bool, bool],
 ) -> None:
+    learn, escalate, read = switches
     enforcement: dict[str, Any] = {"debounce": {"samples": debounce}}
     if escalate:
         enforcement["escalation"] = [{"action": "Quarantine", "occurrences": 2}]
@@ -194,7 +203,10 @@ def test_fast_path_makes_the_same_decisions_as_rule_by_rule_evaluation(
         for _ in range(repeat):
             seqs[pod] += 1
             samples.append(build(pod, pool[which] if which < len(pool) else CLEAN, len(samples), seqs[pod]))
-    assert run(pol, ctx, samples, fast=True) == run(pol, ctx, samples, fast=False)
+    # Read from JSON lines (shared sections: the fast path's identity test) or freshly built (its
+    # comparison of fields), against rule-by-rule evaluation.
+    fast = run(pol, ctx, through_reader(samples) if read else samples, fast=True)
+    assert fast == run(pol, ctx, samples, fast=False)
 
 
 #: Every single change to the clean sample.
@@ -207,9 +219,12 @@ SINGLE_CHANGES = [
 ]
 
 
+@pytest.mark.parametrize("read", [False, True], ids=["built", "read"])
 @pytest.mark.parametrize("debounce", [1, 2])
 @pytest.mark.parametrize("change", SINGLE_CHANGES, ids=[f"{f}-{v}" for f, v in SINGLE_CHANGES])
-def test_every_single_change_after_the_steady_state_is_judged_alike(change: tuple[str, int], debounce: int) -> None:
+def test_every_single_change_after_the_steady_state_is_judged_alike(
+    change: tuple[str, int], debounce: int, read: bool
+) -> None:
     # Clean, then the change, clean again long enough to clear it, then the change again: what
     # the fast path learned from the first time must not hide the second.
     other = changed(CLEAN, [change])
@@ -217,7 +232,8 @@ def test_every_single_change_after_the_steady_state_is_judged_alike(change: tupl
     samples = [build(0, shape, t, t + 1) for t, shape in enumerate(pattern)]
     pol = POLICY.model_copy(update={"enforcement": policy(enforcement={"debounce": {"samples": debounce}}).enforcement})
     ctx = EngineContext(mining=MiningThresholds(window_samples=3))
-    assert run(pol, ctx, samples, fast=True) == run(pol, ctx, samples, fast=False)
+    fast = run(pol, ctx, through_reader(samples) if read else samples, fast=True)
+    assert fast == run(pol, ctx, samples, fast=False)
 
 
 def test_a_listener_going_away_makes_an_inbound_connection_outbound() -> None:
@@ -264,9 +280,41 @@ def test_the_last_clean_sample_is_forgotten_when_the_known_set_is_emptied() -> N
     pattern = [shape] * 3 + [shape | {"ports": [8081]}] * 2 + [shape | {"ports": [9400]}] * 3 + [shape] * 2
     samples = [build(0, s, t, t + 1) for t, s in enumerate(pattern)]
     pol = policy(network={"listenPorts": [8081]}, enforcement={"debounce": {"samples": 1}})
-    fast = run(pol, EngineContext(), samples, fast=True)
-    assert ("new", "net.egress.undeclared") in [(d.kind, d.violation.rule) for d in fast]
-    assert fast == run(pol, EngineContext(), samples, fast=False)
+    reference = run(pol, EngineContext(), samples, fast=False)
+    assert ("new", "net.egress.undeclared") in [(d.kind, d.violation.rule) for d in reference]
+    assert run(pol, EngineContext(), samples, fast=True) == reference
+    # Read from lines, the last two share the first three's connection list (the reader keeps
+    # only the previous line's sections, and those changed in between: so does the engine's
+    # memory of the last clean sample).
+    read = through_reader(samples)
+    assert read[-1].connections is read[-2].connections
+    assert run(pol, EngineContext(), read, fast=True) == reference
+
+
+def test_a_sample_sharing_the_last_clean_ones_sections_is_clean_at_identity_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Samples read from lines share a pod's unchanged sections; once they are proven clean, a
+    # sample with the same lists runs no rule and compares no field, whatever its GPU readings.
+    engine = Engine(POLICY, EngineContext(), clock=ManualClock(T0))
+    reader = SampleReader()
+
+    def line(t: int, shape: dict[str, Any] = CLEAN) -> str:
+        return build(0, shape | {"reading": t % 2}, t, t + 1).model_dump_json(by_alias=True)
+
+    for t in range(3):
+        assert engine.observe(reader.read(line(t))) == []
+
+    def no_rules(*_: object) -> int:
+        raise AssertionError("a rule ran on a clean sample")
+
+    monkeypatch.setattr("trainguard.detection.engine.active_sections", no_rules)
+    monkeypatch.setattr("trainguard.detection.engine._FIELDS", no_rules)  # no fingerprint either
+    for t in range(3, 10, 2):  # reading 1: a saturated GPU, within its bounds
+        assert engine.observe(reader.read(line(t))) == []
+    # A changed section goes the long way.
+    with pytest.raises(AssertionError, match="a rule ran"):
+        engine.observe(reader.read(line(10, changed(CLEAN, [("processes", 4)]))))
 
 
 @given(st.lists(st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0)), min_size=1, max_size=12))
