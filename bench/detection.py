@@ -3,30 +3,34 @@
 
     .venv/bin/python bench/detection.py                 # a day of 1 Hz telemetry for 100 pods (8.64 M samples)
     .venv/bin/python bench/detection.py --samples 200000
-    .venv/bin/python bench/detection.py --samples 200000 --parsed  # every sample parsed from its own line
-    .venv/bin/python bench/detection.py --samples 200000 --shared  # the old stream: sub-objects shared
+    .venv/bin/python bench/detection.py --samples 200000 --churn 0.1  # a tenth of samples with a new connection
+    .venv/bin/python bench/detection.py --samples 200000 --fresh   # samples that share nothing
+    .venv/bin/python bench/detection.py --samples 200000 --parsed  # every sample parsed whole from its own line
+    .venv/bin/python bench/detection.py --samples 200000 --shared  # copies of one parse per pod
 
 The samples are shaped like the example traces: a data-parallel worker with two GPUs, six
 processes, four listeners and eight connections (NCCL ring, rendezvous, DNS, the object store,
 the operator reading the sensor), DCGM metrics, utilization and power varying per sample. One
 pod in a hundred keeps an undeclared listener open, so the de-duplication path runs too, and
-`tick` runs once per simulated second.
+`tick` runs once per simulated second. With probability `--churn` (default 1%) a sample holds one
+more connection, from a new ephemeral port: never seen before, so evaluated rule by rule.
 
 What is measured, in CPU time of this process (so that other work on a shared machine does not
 count; the wall-clock elapsed time is printed too):
 
 - **evaluate only**: `Engine.observe` and `Engine.tick` over the whole stream. The stream is made
-  on the fly, one tick (one sample per pod) at a time, by copying one parsed sample per pod with
-  a new time, seq, DCGM metrics and GPU readings (see `stream`); making it is not timed (the
-  garbage collector is off while it is made, on while it is evaluated: collections then are
-  counted; `--gc-while-making` keeps it on), and nothing is held beyond a tick. By default
-  (mode fresh) every sample is a new object graph, as a parse makes it (`built_stream`);
-  `--parsed` parses every sample from its own JSON line (slower to make); `--shared` copies one
-  parsed sample per pod, sharing its sub-objects (kinder).
-- **parse only**: `Sample.model_validate_json` (the operator's edge) on `--parse-samples` JSON
-  lines of the same shape (the parse rate does not depend on the length of the run).
-- **parse + evaluate**: measured, not derived: each of those lines parsed and at once observed
-  by a fresh engine, as the operator does, so the engine sees freshly parsed objects.
+  on the fly, one tick (one sample per pod) at a time; making it is not timed (the garbage
+  collector is off while it is made, on while it is evaluated: collections then are counted;
+  `--gc-while-making` keeps it on), and nothing is held beyond a tick. By default (mode read,
+  the goal's) every sample is read from its own JSON line by one `SampleReader`, as `trainguard
+  replay` and the operator read them (`read_stream`: a pod's unchanged sections are shared with
+  its previous sample). `--fresh` makes every sample a new object graph, as a plain parse makes
+  it (`built_stream`); `--parsed` parses every line whole (slower to make); `--shared` copies one
+  parsed sample per pod (`stream`).
+- on `--parse-samples` JSON lines of the same shape, made a tick at a time (`parse_rates`):
+  **parse only** (`Sample.model_validate_json`), **parse + evaluate** (each line parsed and at
+  once observed), **read only** (`SampleReader.read`) and **read + evaluate**: measured, not
+  derived.
 
 Peak memory is the process's maximum resident set size, and a pure-Python yardstick (a million
 dict inserts) is printed so that figures from different machines can be compared.
