@@ -35,16 +35,12 @@ def describe(err: ValidationError) -> str:
     return "; ".join(parts[:3]) + (f" (and {more} more)" if more > 0 else "")
 
 
-def parse_line(text: str | bytes) -> Sample:
-    """One sample from one JSON line (the fast path: pydantic-core parses and validates in one go)."""
-    return Sample.model_validate_json(text)
-
-
 def read_samples(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, Sample | LineError]]:
     """(line number, sample or error) for each non-blank line.
 
-    Lines are read by a `SampleReader`: each sample is the one `parse_line` returns, and a pod's
-    sections that did not change since its previous line are that line's (shared, read-only).
+    Lines are read by a `SampleReader`: each sample is the one `Sample.model_validate_json`
+    returns, and a pod's sections that did not change since its previous line are that line's
+    (shared, read-only).
     """
     reader = SampleReader()
     for number, text in enumerate(lines, start=1):
