@@ -93,27 +93,28 @@ class SampleReader:
             if len(self._known) >= self.max_pods:
                 self._known.clear()
             known = self._known[sample.pod] = [None] * len(SECTIONS)
-        values: list[tuple[int, msgspec.Raw, list[Any]]] = []
+        # Each present section as (index, (raw bytes, parse)): the remembered entry when the bytes
+        # are unchanged, a new one otherwise.
+        entries: list[tuple[int, tuple[msgspec.Raw, list[Any]]]] = []
         for i, raw in enumerate(raws):
             if raw is None:
                 continue  # absent: the default (an empty list), not in the fields set, as a parse leaves it
             seen = known[i]
-            if seen is not None and seen[0] == raw:
-                values.append((i, raw, seen[1]))
-                continue
-            try:
-                values.append((i, raw, SECTIONS[i][1].validate_json(bytes(raw))))
-            except ValidationError:
-                return Sample.model_validate_json(line)  # and nothing of the line is remembered
+            if seen is None or seen[0] != raw:
+                try:
+                    seen = (raw, SECTIONS[i][1].validate_json(bytes(raw)))
+                except ValidationError:
+                    return Sample.model_validate_json(line)  # and nothing of the line is remembered
+            entries.append((i, seen))
         # The sample is new and nobody else holds it: its sections are filled in place, as a
         # parse of the whole line would have filled them (frozen models are frozen to callers).
         fields = sample.__dict__
         fields_set = sample.__pydantic_fields_set__
-        for i, raw, value in values:
+        for i, entry in entries:
             name = _NAMES[i]
-            fields[name] = value
+            fields[name] = entry[1]
             fields_set.add(name)
-            known[i] = (raw, value)
+            known[i] = entry
         return sample
 
     def forget(self, pod: str) -> None:
