@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
 
-from trainguard.api.sample import Sample
+from trainguard.api.sample import Connection, Sample
 from trainguard.api.v1alpha1 import Action, Monitoring, Policy
-from trainguard.detection.compiled import CompiledPolicy
+from trainguard.detection.compiled import ATTEMPT_STATES, CompiledPolicy
 from trainguard.detection.context import EngineContext
 from trainguard.detection.endpoints import parse_ip
 from trainguard.detection.escalation import Standing, choose_action
@@ -240,14 +240,14 @@ class Engine:
             # hands a pod's unchanged sections on, so this is the common case; lists in frozen
             # samples do not change.
             same = pod.same
-            if (
-                same is not None
-                and processes is same[0]
-                and listening is same[1]
-                and connections is same[2]
-                and gpu_keys == same[3]
-            ):
-                return []
+            if same is not None and processes is same[0] and listening is same[1] and gpu_keys == same[3]:
+                if connections is same[2]:
+                    return []
+                # Only the connections changed (the usual change: one opened or closed): judge
+                # just them, under the same ports (`same` is forgotten when they change).
+                if self._harmless(connections, pod.known):
+                    pod.same = (processes, listening, connections, gpu_keys)
+                    return []
             fingerprint = [*map(_FIELDS, processes), *map(_FIELDS, listening), *map(_FIELDS, connections), *gpu_keys]
             if fingerprint == pod.clean:
                 # Remember these lists for the identity test when they look shared (a section is
@@ -261,12 +261,16 @@ class Engine:
                 ) or not window.samples % 16:
                     pod.same = (processes, listening, connections, gpu_keys)
                 return []
-            if (tuple(map(_PORT, listening)) if listening else ()) == pod.ports and pod.known.issuperset(
-                chain(
-                    map(_PROCESS_KEY, processes),
-                    map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, fields["gpus"]))),
-                    map(_CONNECTION_KEY, connections),
+            known = pod.known
+            if (
+                (tuple(map(_PORT, listening)) if listening else ()) == pod.ports
+                and known.issuperset(
+                    chain(
+                        map(_PROCESS_KEY, processes),
+                        map(_GPU_PROCESS_KEY, chain.from_iterable(map(_GPU_PROCESSES, fields["gpus"]))),
+                    )
                 )
+                and self._harmless(connections, known)
             ):
                 # Copies of the field dicts: compact, and the sample's objects are not kept alive.
                 pod.clean = [f.copy() if type(f) is dict else f for f in fingerprint]
@@ -367,6 +371,28 @@ class Engine:
             for c in sample.connections:
                 if id(c) not in suspects:
                     known.add(_CONNECTION_KEY(c))
+
+    def _harmless(self, connections: list[Connection], known: set[tuple[str, ...]]) -> bool:
+        """Whether no rule can find anything in these connections (the pod's ports as when `known` was filled).
+
+        A connection is harmless when it is known harmless; when it is not up or being attempted;
+        or when its remote is quiet, never a finding whatever the local address and state
+        (`outbound` skips both kinds before reading anything else). The last two do not depend on
+        the ports listened on, and they keep the churn of connections (a new one to the object
+        store from a new ephemeral port, or one in TIME_WAIT) on the fast path.
+        """
+        quiet = self._quiet
+        for c in connections:
+            # Cheapest first: strings keep their hash, a key tuple is hashed anew.
+            fields = c.__dict__
+            if fields["state"] not in ATTEMPT_STATES:
+                continue
+            remotes = quiet.get(fields["proto"])
+            if remotes is not None and fields["remote"] in remotes:
+                continue
+            if _CONNECTION_KEY(c) not in known:
+                return False
+        return True
 
     def _learn(self, sample: Sample) -> None:
         learned = self._learned_locals

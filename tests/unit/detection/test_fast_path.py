@@ -21,6 +21,7 @@ from trainguard.api.v1alpha1 import Monitoring, Policy
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, EngineContext, MiningThresholds
 from trainguard.detection.engine import Engine, ManualClock
 from trainguard.detection.reader import SampleReader
+from trainguard.detection.rules import active_sections
 from trainguard.detection.violation import Decision
 from trainguard.detection.window import Window
 
@@ -47,7 +48,7 @@ GPU_PROCESSES = [
 ]
 PORTS = [9400, 29500, 8081, 41000, 6006]
 #: (remote, local port, state, proto): allowed, intra-job, DNS, undeclared, tunnels, attempts,
-#: closed, inbound on a port that is listened on only sometimes, loopback, unparseable.
+#: closed, inbound on a port that is listened on only sometimes, loopback, unparseable, churn.
 CONNECTIONS = [
     ("203.0.113.40:443", 44100, "ESTABLISHED", "tcp"),
     ("10.244.1.11:41000", 52000, "ESTABLISHED", "tcp"),
@@ -61,6 +62,13 @@ CONNECTIONS = [
     ("198.51.100.8:443", 44500, "TIME_WAIT", "tcp"),
     ("127.0.0.1:6379", 44600, "ESTABLISHED", "tcp"),
     ("not-an-address", 44700, "ESTABLISHED", "tcp"),
+    # The churn of connections: known remotes from new ephemeral ports, one closing down, and
+    # ones that only look like churn (a tunnel port on an allowed address, a new inbound remote).
+    ("203.0.113.40:443", 44101, "ESTABLISHED", "tcp"),
+    ("10.96.0.10:53", 33001, "ESTABLISHED", "udp"),
+    ("198.51.100.7:8443", 44202, "TIME_WAIT", "tcp"),
+    ("203.0.113.40:22", 44102, "ESTABLISHED", "tcp"),
+    ("198.51.100.9:48814", 8081, "ESTABLISHED", "tcp"),
 ]
 GPU_READINGS = [
     (0.5, 60 * GIB, 400.0),  # training
@@ -269,6 +277,42 @@ def test_a_sample_like_the_last_clean_one_runs_no_rule(monkeypatch: pytest.Monke
     # Anything a rule reads that is not known harmless goes the long way.
     with pytest.raises(AssertionError, match="a rule ran"):
         engine.observe(build(0, changed(CLEAN, [("processes", 4)]), 10, 11))
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["built", "read"])
+def test_the_churn_of_connections_to_quiet_remotes_runs_no_rule(monkeypatch: pytest.MonkeyPatch, read: bool) -> None:
+    # Once the allowed object store and the DNS resolver are judged (quiet), a new connection to
+    # them from a new ephemeral port, or any connection closing down, is clean without a rule;
+    # a new remote, a tunnel port on an allowed address, or a new inbound peer is not. Read from
+    # lines, only the connections section changes (the identity path judges just it).
+    churn = [12, 13, 14, 3, 15, 16]
+    shapes = [CLEAN] * 3 + [shape for index in churn for shape in (changed(CLEAN, [("connections", index)]), CLEAN)]
+    samples = [build(0, shape, t, t + 1) for t, shape in enumerate(shapes)]
+    if read:
+        samples = through_reader(samples)
+    engine = Engine(POLICY, EngineContext(), clock=ManualClock(T0))
+    for s in samples[:3]:
+        assert engine.observe(s) == []
+    ran: list[int] = []
+
+    def counted(inp: object) -> int:
+        ran.append(len(ran))
+        return active_sections(inp)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("trainguard.detection.engine.active_sections", counted)
+    for k, index in enumerate(churn):
+        before = len(ran)
+        engine.observe(samples[3 + 2 * k])
+        assert (len(ran) > before) == (index in (3, 15, 16)), CONNECTIONS[index]
+        if index not in (3, 15, 16):
+            # ... and the sample after it, back to the usual connections, runs none either.
+            assert engine.observe(samples[4 + 2 * k]) == []
+            assert len(ran) == before, CONNECTIONS[index]
+        else:
+            engine.observe(samples[4 + 2 * k])
+    if read:
+        assert samples[4].processes is samples[3].processes
+        assert samples[4].connections is not samples[3].connections
 
 
 def test_the_last_clean_sample_is_forgotten_when_the_known_set_is_emptied() -> None:
