@@ -13,7 +13,9 @@ processes, four listeners and eight connections (NCCL ring, rendezvous, DNS, the
 the operator reading the sensor), DCGM metrics, utilization and power varying per sample. One
 pod in a hundred keeps an undeclared listener open, so the de-duplication path runs too, and
 `tick` runs once per simulated second. With probability `--churn` (default 1%) a sample holds one
-more connection, from a new ephemeral port: never seen before, so evaluated rule by rule.
+more connection, to the object store from a new ephemeral port: a connection never seen before,
+to a remote the engine has judged harmless (quiet) after its first sight, so it stays on the fast
+path (the connections alone are judged), and the reader parses that section anew.
 
 What is measured, in CPU time of this process (so that other work on a shared machine does not
 count; the wall-clock elapsed time is printed too):
@@ -153,7 +155,7 @@ def lines(pods: int, count: int, rng: random.Random, first: int = 0, churn: floa
 
     With probability `churn` a sample holds one more connection than its pod's usual ones: a
     short-lived upload to the object store from a new ephemeral port (a new connection, never
-    seen before, so the engine evaluates the sample rule by rule).
+    seen before, to a remote that is quiet once judged: the engine judges the connections alone).
     """
     templates = [template(r, pods) for r in range(pods)]
     out = []
