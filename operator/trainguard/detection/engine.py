@@ -22,10 +22,13 @@ Between the rules and the decisions sit, for every rule alike:
 processes, listeners and connections, GPUs within their bounds. The engine remembers what it has
 already judged harmless, in sets keyed by exactly what the rules read (a process's command line and
 name, a listener's port, a connection's protocol, local and remote address and state) and proves
-a sample clean with a few C-level set lookups; only a sample with something not yet known to be
-harmless (or a pod with a finding being followed) is evaluated rule by rule. What is remembered
-stays true: the policy does not change, the job's pod IPs only grow, and a connection judged
-harmless because it is inbound is forgotten when the pod's listening ports change.
+a sample clean with a few C-level set lookups. A connection is also harmless, known or not, when
+it is not up or being attempted or its remote is quiet (never a finding), so that the churn of
+connections (new ephemeral ports, TIME_WAIT) stays on this path. Only a sample with something
+not yet known to be harmless (or a pod with a finding being followed) is evaluated rule by rule.
+What is remembered stays true: the policy does not change, the job's pod IPs only grow, and a
+connection judged harmless because it is inbound is forgotten when the pod's listening ports
+change.
 `Engine(..., fast_path=False)` evaluates every sample rule by rule (the reference the tests
 compare it with).
 
