@@ -54,6 +54,22 @@ def test_json_output_one_object_per_decision() -> None:
     assert "violations" in r.stderr  # the summary goes to stderr, stdout stays machine-readable
 
 
+def test_a_reader_that_goes_away_ends_it_quietly_as_sigpipe_would() -> None:
+    # `trainguard replay ... | head -1`: the pipe's reader closes before replay writes; replay
+    # stops with 141 (128 + SIGPIPE), as other tools do, without a traceback.
+    proc = subprocess.Popen(
+        [str(TRAINGUARD), "replay", "--policy", str(POLICY), str(TRACES / "known-miner.jsonl"), "--output", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_several_traces_are_merged_in_time() -> None:
     r = replay("--policy", POLICY, TRACES / "ddp-nccl.jsonl", TRACES / "hidden-listener.jsonl", "--output", "json")
     assert r.returncode == 3
