@@ -21,7 +21,7 @@ from trainguard.api.v1alpha1 import Monitoring, Policy
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, EngineContext, MiningThresholds
 from trainguard.detection.engine import Engine, ManualClock
 from trainguard.detection.reader import SampleReader
-from trainguard.detection.rules import active_sections
+from trainguard.detection.rules import RuleInput, active_sections
 from trainguard.detection.violation import Decision
 from trainguard.detection.window import Window
 
@@ -280,39 +280,40 @@ def test_a_sample_like_the_last_clean_one_runs_no_rule(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("read", [False, True], ids=["built", "read"])
-def test_the_churn_of_connections_to_quiet_remotes_runs_no_rule(monkeypatch: pytest.MonkeyPatch, read: bool) -> None:
+@pytest.mark.parametrize(
+    ("index", "judged"),
+    [(12, False), (13, False), (14, False), (3, True), (15, True), (16, True)],
+    ids=lambda v: ("judged" if v else "clean") if isinstance(v, bool) else f"{CONNECTIONS[v][0]}-{CONNECTIONS[v][2]}",
+)
+def test_the_churn_of_connections_to_quiet_remotes_runs_no_rule(
+    monkeypatch: pytest.MonkeyPatch, index: int, judged: bool, read: bool
+) -> None:
     # Once the allowed object store and the DNS resolver are judged (quiet), a new connection to
-    # them from a new ephemeral port, or any connection closing down, is clean without a rule;
-    # a new remote, a tunnel port on an allowed address, or a new inbound peer is not. Read from
-    # lines, only the connections section changes (the identity path judges just it).
-    churn = [12, 13, 14, 3, 15, 16]
-    shapes = [CLEAN] * 3 + [shape for index in churn for shape in (changed(CLEAN, [("connections", index)]), CLEAN)]
+    # them from a new ephemeral port, or any connection closing down, is clean without a rule, and
+    # so is the sample after it; a new remote, a tunnel port on an allowed address, or a new
+    # inbound peer is judged rule by rule. Read from lines, only the connections section changes
+    # (the identity path judges just it).
+    shapes = [CLEAN] * 3 + [changed(CLEAN, [("connections", index)]), CLEAN]
     samples = [build(0, shape, t, t + 1) for t, shape in enumerate(shapes)]
     if read:
         samples = through_reader(samples)
+        assert samples[3].processes is samples[2].processes
+        assert samples[3].connections is not samples[2].connections
     engine = Engine(POLICY, EngineContext(), clock=ManualClock(T0))
     for s in samples[:3]:
         assert engine.observe(s) == []
-    ran: list[int] = []
+    ran: list[object] = []
 
-    def counted(inp: object) -> int:
-        ran.append(len(ran))
-        return active_sections(inp)  # type: ignore[arg-type]
+    def counted(inp: RuleInput) -> int:
+        ran.append(inp.sample)
+        return active_sections(inp)
 
     monkeypatch.setattr("trainguard.detection.engine.active_sections", counted)
-    for k, index in enumerate(churn):
-        before = len(ran)
-        engine.observe(samples[3 + 2 * k])
-        assert (len(ran) > before) == (index in (3, 15, 16)), CONNECTIONS[index]
-        if index not in (3, 15, 16):
-            # ... and the sample after it, back to the usual connections, runs none either.
-            assert engine.observe(samples[4 + 2 * k]) == []
-            assert len(ran) == before, CONNECTIONS[index]
-        else:
-            engine.observe(samples[4 + 2 * k])
-    if read:
-        assert samples[4].processes is samples[3].processes
-        assert samples[4].connections is not samples[3].connections
+    engine.observe(samples[3])
+    assert (samples[3] in ran) == judged
+    if not judged:
+        assert engine.observe(samples[4]) == []
+        assert ran == []
 
 
 def test_the_last_clean_sample_is_forgotten_when_the_known_set_is_emptied() -> None:
