@@ -48,7 +48,7 @@ from operator import attrgetter
 
 from trainguard.api.sample import Connection, Sample
 from trainguard.api.v1alpha1 import Action, Monitoring, Policy
-from trainguard.detection.compiled import ATTEMPT_STATES, CompiledPolicy
+from trainguard.detection.compiled import CompiledPolicy
 from trainguard.detection.context import EngineContext
 from trainguard.detection.endpoints import parse_ip
 from trainguard.detection.escalation import Standing, choose_action
@@ -66,6 +66,7 @@ from trainguard.detection.rules import (
     RuleInput,
     active_sections,
     outbound,
+    passed_over,
     sensor_silent,
 )
 from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
@@ -378,24 +379,14 @@ class Engine:
     def _harmless(self, connections: list[Connection], known: set[tuple[str, ...]]) -> bool:
         """Whether no rule can find anything in these connections (the pod's ports as when `known` was filled).
 
-        A connection is harmless when it is known harmless; when it is not up or being attempted;
-        or when its remote is quiet, never a finding whatever the local address and state
-        (`outbound` skips both kinds before reading anything else). The last two do not depend on
-        the ports listened on, and they keep the churn of connections (a new one to the object
-        store from a new ephemeral port, or one in TIME_WAIT) on the fast path.
+        A connection is harmless when `outbound` passes it over before reading anything else
+        (`passed_over`: not up or being attempted, or a quiet remote), which depends on nothing the
+        pod listens on, or when it is known harmless. The first keeps the churn of connections (a
+        new one to the object store from a new ephemeral port, or one in TIME_WAIT) on the fast path.
         """
         quiet = self._quiet
-        for c in connections:
-            # Cheapest first: strings keep their hash, a key tuple is hashed anew.
-            fields = c.__dict__
-            if fields["state"] not in ATTEMPT_STATES:
-                continue
-            remotes = quiet.get(fields["proto"])
-            if remotes is not None and fields["remote"] in remotes:
-                continue
-            if _CONNECTION_KEY(c) not in known:
-                return False
-        return True
+        # Cheapest first: strings keep their hash, a key tuple is hashed anew.
+        return all(passed_over(c, quiet) or _CONNECTION_KEY(c) in known for c in connections)
 
     def _learn(self, sample: Sample) -> None:
         learned = self._learned_locals

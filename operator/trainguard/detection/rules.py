@@ -290,6 +290,18 @@ def gpu_mining_signature(inp: RuleInput) -> Sequence[Finding]:
 # --- network ---------------------------------------------------------------------------------
 
 
+def passed_over(c: Connection, quiet: dict[str, set[str]]) -> bool:
+    """Whether `outbound` passes a connection over before reading anything else of it: it is not up
+    or being attempted, or its remote is quiet (never a finding). Neither depends on the local
+    address or the ports listened on, so the engine's fast path asks this too (`Engine._harmless`).
+    """
+    fields = c.__dict__  # cheaper than a pydantic model's attributes; strings keep their hash
+    if fields["state"] not in ATTEMPT_STATES:
+        return True
+    remotes = quiet.get(fields["proto"])
+    return remotes is not None and fields["remote"] in remotes
+
+
 def outbound(inp: RuleInput) -> list[tuple[Connection, RemoteFacts]]:
     """The sample's outbound connections that the network rules must look at, with the policy's
     facts about their remotes: up or being attempted, not loopback, not inbound (a connection is
@@ -312,13 +324,11 @@ def outbound(inp: RuleInput) -> list[tuple[Connection, RemoteFacts]]:
     job_ips = inp.job_ips
     listening: set[int] | None = None
     for c in s.connections:
-        known = quiet.get(c.proto)
-        if known is not None and c.remote in known:
-            continue
-        if c.state not in ATTEMPT_STATES:
+        if passed_over(c, quiet):
             continue
         f = policy.remote(c.remote, c.proto)
         if f.loopback or (f.tunnel is None and (f.allowed is not None or (intra and f.ip_key in job_ips))):
+            known = quiet.get(c.proto)
             if known is None:
                 known = quiet[c.proto] = set()
             if len(known) >= QUIET_LIMIT:
