@@ -31,7 +31,9 @@ HEADER = (
     "# Change the models, then run `make crds`.\n"
 )
 CRD_FILENAME = f"{v1alpha1.PLURAL}.{v1alpha1.GROUP}.yaml"
-CRD_PATHS = (Path("crds") / CRD_FILENAME, Path("charts/trainguard/crds") / CRD_FILENAME)
+# The chart's copy is not in the chart's crds/ directory (which Helm installs unconditionally and never deletes):
+# templates/crds.yaml reads it from files/, so that `crds.enabled` and `crds.keep` govern it.
+CRD_PATHS = (Path("crds") / CRD_FILENAME, Path("charts/trainguard/files/crds") / CRD_FILENAME)
 SAMPLE_SCHEMA_PATH = Path("docs/sample.schema.json")
 
 Schema = dict[str, Any]
