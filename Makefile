@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help venv lint typecheck layers crds crds-check controlplane tools test unit demo bench clean
+.PHONY: help venv lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test unit demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 lint: venv ## ruff
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench dashboards
 
-typecheck: venv ## mypy --strict on operator/trainguard
+typecheck: venv ## mypy --strict on operator/trainguard and dashboards/
 	$(BIN)/mypy
+	$(BIN)/mypy --strict dashboards
 
 layers: venv ## the import layering (import-linter)
 	$(BIN)/lint-imports
@@ -35,6 +36,12 @@ crds: venv ## regenerate crds/, the chart's CRD copy and docs/sample.schema.json
 crds-check: venv ## fail if the generated files differ from the models
 	$(BIN)/trainguard crdgen --check
 
+dashboards: venv ## regenerate the chart's Grafana dashboard JSON from dashboards/trainguard.py
+	$(BIN)/python dashboards/trainguard.py
+
+dashboards-check: venv ## fail if the dashboard JSON differs from dashboards/trainguard.py
+	$(BIN)/python dashboards/trainguard.py --check
+
 controlplane: ## build (or reuse from the cache) the local Kubernetes control plane
 	scripts/controlplane build
 
@@ -44,7 +51,7 @@ tools: ## install helm and promtool into the cache
 unit: venv ## the tests that need no control plane
 	$(BIN)/pytest -m 'not integration'
 
-test: venv lint typecheck layers crds-check controlplane tools ## everything CI runs
+test: venv lint typecheck layers crds-check dashboards-check controlplane tools ## everything CI runs
 	$(BIN)/pytest
 
 demo: venv ## the end-to-end demo
