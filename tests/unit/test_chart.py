@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,6 +21,13 @@ VALUES = CHART / "values.yaml"
 SCHEMA = CHART / "values.schema.json"
 DASHBOARD = CHART / "files" / "dashboards" / "trainguard.json"
 RULES = CHART / "files" / "prometheus-rules.yaml"
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 
 
 @pytest.mark.parametrize("values", [{}, ALL_ON], ids=["defaults", "all-on"])
@@ -44,17 +50,14 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
             "PodDisruptionBudget",
             "Service",
             "ServiceAccount",
-            *(["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] if _admission_files() else []),
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
     for doc in docs:
-        if doc["kind"] != "CustomResourceDefinition" and not doc["kind"].startswith("Cluster"):
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == "trainguard-system", doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "trainguard"
-
-
-def _admission_files() -> list[Path]:
-    return sorted((CHART / "files" / "admission").glob("*.yaml"))
 
 
 def test_every_optional_part_renders_when_on() -> None:
@@ -121,9 +124,12 @@ def test_deployment_runs_one_operator_with_the_contracted_flags() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["args"][0] == "run"
     assert f"--metrics-port={metrics.OPERATOR_METRICS_PORT}" in container["args"]
-    assert "--all-namespaces" in container["args"]
+    assert not any(a.startswith("--namespace") for a in container["args"])  # every namespace
     assert "--sensor-image=ghcr.io/trainguard/trainguard:0.1.0" in container["args"]
-    assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "metrics", "containerPort": 8080, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--health-port=8081" in container["args"] and "--sensor-uid=65532" in container["args"]
+    assert not any(a.startswith("--admission-policy") for a in container["args"])  # the chart installs it
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
@@ -245,19 +251,19 @@ def test_rbac_grants_only_what_the_issues_need() -> None:
     grants = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        assert not {"update", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+        assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
     assert grants == {
         ("", "namespaces"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("trainguard.io", "agenttrainingjobs"): {"get", "list", "watch", "patch"},
         ("trainguard.io", "agenttrainingjobs/status"): {"patch"},
-        ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
+        ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list", "watch", "patch", "delete"},
         ("", "pods/status"): {"patch"},
-        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
+        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
         ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
         ("", "secrets"): {"create", "patch"},
-        ("", "events"): {"create", "patch"},
+        ("", "events"): {"create"},
     }
 
 
@@ -280,7 +286,6 @@ def test_watch_namespaces_gives_roles_there_and_flags() -> None:
     assert {r for rule in cluster["rules"] for r in rule["resources"]} == {"namespaces", "customresourcedefinitions"}
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--namespace=ml" in container["args"] and "--namespace=research" in container["args"]
-    assert "--all-namespaces" not in container["args"]
 
 
 def test_the_operators_networkpolicy_admits_only_what_it_needs() -> None:
@@ -319,3 +324,32 @@ def test_switches_turn_parts_off() -> None:
 
 def test_an_existing_service_account_needs_its_name() -> None:
     assert "serviceAccount.name is required" in template_error({"serviceAccount.create": "false"})
+
+
+def test_admission_policy_is_filled_in_for_this_install() -> None:
+    digest = "sha256:" + "b" * 64
+    docs = template({"sensor.image.digest": digest, "sensor.uid": "4242"}, namespace="guard")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    text = json.dumps(policy)
+    assert "{{" not in text
+    assert f"ghcr.io/trainguard/trainguard@{digest}" in text
+    assert "runAsUser == 4242" in text
+    is_operator = next(v for v in policy["spec"]["variables"] if v["name"] == "isOperator")
+    assert "'system:serviceaccount:guard:tg-trainguard'" in is_operator["expression"]
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"] == {"namespaceSelector": {}}
+
+
+def test_admission_binding_follows_the_watched_namespaces() -> None:
+    binding = one(template({"operator.watchNamespaces": "{research,ml}"}), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "research"]}]
+    }
+    chosen = one(
+        template(extra=["--set-json", 'admissionPolicy.namespaceSelector={"matchLabels":{"guarded":"yes"}}']),
+        "ValidatingAdmissionPolicyBinding",
+    )
+    assert chosen["spec"]["matchResources"]["namespaceSelector"] == {"matchLabels": {"guarded": "yes"}}

@@ -74,3 +74,9 @@ app.kubernetes.io/part-of: trainguard
 {{- define "trainguard.clusterWide" -}}
 {{- if not .Values.operator.watchNamespaces }}true{{ end }}
 {{- end }}
+
+{{/* The sensor's image: sensor.image, each empty field falling back to image. */}}
+{{- define "trainguard.sensorImage" -}}
+{{- $image := dict "repository" (default .Values.image.repository .Values.sensor.image.repository) "tag" (default .Values.image.tag .Values.sensor.image.tag) "digest" (default .Values.image.digest .Values.sensor.image.digest) }}
+{{- include "trainguard.image" (dict "image" $image "root" .) }}
+{{- end }}

@@ -60,22 +60,24 @@ ENFORCEMENT_OUTCOMES = ("applied", "unconfirmed", "failed", "dry-run")
 #: opened), `backoff` (waiting before the next attempt after a failure).
 SENSOR_STREAM_STATES = ("streaming", "connecting", "backoff")
 
-#: `outcome` of a reconcile: `ok` (desired state applied and status written), `error` (an exception: kopf retries),
-#: `invalid` (the spec cannot be reconciled as written: `Ready=False` until it is fixed).
-RECONCILE_OUTCOMES = ("ok", "error", "invalid")
+#: `outcome` of a reconcile: `reconciled` (desired state applied, status written), `invalid` (the spec cannot be
+#: reconciled as written: `Ready=False` until it is fixed), `error` (an exception: retried), `gone` (deleted meanwhile).
+RECONCILE_OUTCOMES = ("reconciled", "invalid", "error", "gone")
 
 RECONCILES = MetricSpec(
     "trainguard_reconciles_total", "counter", "Reconciles of AgentTrainingJobs, by outcome.",
     ("outcome",), {"outcome": RECONCILE_OUTCOMES},
 )
 RECONCILE_DURATION = MetricSpec(
-    "trainguard_reconcile_duration_seconds", "histogram", "Wall time of one reconcile.",
+    "trainguard_reconcile_duration_seconds", "histogram", "Seconds one reconcile of an AgentTrainingJob took.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-WATCHED_JOBS = MetricSpec("trainguard_watched_jobs", "gauge", "AgentTrainingJobs the operator watches now.")
-BUILD_INFO = MetricSpec(
-    "trainguard_build_info", "gauge", "Always 1; the labels say which build of the operator runs.", ("version",)
+WATCHED_JOBS = MetricSpec("trainguard_watched_jobs", "gauge", "AgentTrainingJobs the operator currently knows of.")
+RECONCILE_QUEUE_DEPTH = MetricSpec(
+    "trainguard_reconcile_queue_depth", "gauge", "Jobs waiting for, or in, a reconcile."
 )
+#: prometheus-client's `Info("trainguard_build", ...)` exports this family (value 1, the build in its labels).
+BUILD_INFO = MetricSpec("trainguard_build_info", "gauge", "The running trainguard build.", ("version",))
 VIOLATIONS = MetricSpec(
     "trainguard_violations_total", "counter", "Violations found, by job, rule and severity.",
     ("namespace", "job", "rule", "severity"), {"severity": SEVERITIES},
@@ -103,6 +105,7 @@ OPERATOR: tuple[MetricSpec, ...] = (
     RECONCILES,
     RECONCILE_DURATION,
     WATCHED_JOBS,
+    RECONCILE_QUEUE_DEPTH,
     BUILD_INFO,
     VIOLATIONS,
     ENFORCEMENT_ACTIONS,
