@@ -20,6 +20,7 @@ from pathlib import Path
 import promql_parser
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trainguard.api import metrics, sample
@@ -257,3 +258,26 @@ def test_every_alert_is_unit_tested_and_has_a_runbook_section() -> None:
         assert alert["annotations"]["runbook_url"].endswith(f"/docs/runbook.md#{name.lower()}"), name
         assert alert["labels"]["severity"] in ("warning", "critical"), name
         assert {"summary", "description"} <= alert["annotations"].keys(), name
+
+
+def test_the_operators_registry_exports_only_contracted_families() -> None:
+    """What the operator's registry renders is in trainguard.api.metrics, with the same type and labels. (The
+    enforcement families of issue 13 join it later; the contract lists them already.)"""
+    operator_metrics = pytest.importorskip(
+        "trainguard.k8s.metrics", reason="the operator's metrics module (issue 12) is not on this branch yet"
+    )
+    registry = operator_metrics.OperatorMetrics().registry
+    contract = {spec.name.removesuffix("_total"): spec for spec in metrics.OPERATOR}
+    contract.update({spec.name.removesuffix("_info"): spec for spec in metrics.OPERATOR if spec.name.endswith("_info")})
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if family.name.endswith("_created"):  # prometheus-client's creation timestamps, in the classic format
+            continue
+        spec = contract.get(family.name)
+        assert spec is not None, f"{family.name}: exported but not in trainguard.api.metrics"
+        for s in family.samples:
+            if s.name.endswith("_created"):
+                continue
+            assert s.name in spec.series(), f"{s.name}: not a series of {spec.name}"
+            assert set(s.labels) - {"le"} <= set(spec.labels), f"{s.name}: labels {sorted(s.labels)}"
+            for label, allowed in spec.values.items():
+                assert s.labels.get(label, allowed[0]) in allowed, f"{s.name}{{{label}={s.labels[label]}}}"
