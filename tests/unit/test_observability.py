@@ -9,6 +9,7 @@ every expression (as recording rules: `promtool check rules`) and runs the alert
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -281,3 +282,16 @@ def test_the_operators_registry_exports_only_contracted_families() -> None:
             assert set(s.labels) - {"le"} <= set(spec.labels), f"{s.name}: labels {sorted(s.labels)}"
             for label, allowed in spec.values.items():
                 assert s.labels.get(label, allowed[0]) in allowed, f"{s.name}{{{label}={s.labels[label]}}}"
+
+
+def test_the_dashboard_json_is_what_its_code_generates() -> None:
+    spec = importlib.util.spec_from_file_location("trainguard_dashboard", ROOT / "dashboards" / "trainguard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert DASHBOARD.read_text() == module.render(), "run `make dashboards`"
+    board = json.loads(DASHBOARD.read_text())
+    assert board["schemaVersion"] >= 39
+    titles = {p["title"] for p in board["panels"]}
+    assert {"Violations by rule and job", "Quarantined pods", "Detection to enforcement", "GPU utilization"} <= titles
+    assert {"Sensor streams by state", "Sensor findings"} <= titles
