@@ -32,7 +32,7 @@ from pydantic import Field
 
 from trainguard.api.base import WireModel
 
-SAMPLE_VERSION = 2
+SAMPLE_VERSION: Literal[2] = 2
 """The contract version this module describes; a sample says it in `version`."""
 
 Proto = Literal["tcp", "tcp6", "udp", "udp6", "sctp", "sctp6", "raw", "raw6", "icmp", "icmp6", "packet"]
