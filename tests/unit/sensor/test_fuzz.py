@@ -26,10 +26,11 @@ net_line = st.lists(st.one_of(hexish, one_line_text), min_size=0, max_size=14).m
 @given(st.text(max_size=300))
 def test_parse_stat_raises_only_value_error(text: str) -> None:
     try:
-        pid, _comm, ppid, starttime = processes.parse_stat(text)
+        stat = processes.parse_stat(text)
     except ValueError:
         return
-    assert pid >= 0 and ppid >= 0 and starttime >= 0
+    assert stat.pid >= 0 and stat.ppid >= 0 and stat.starttime >= 0 and stat.cpu_ticks >= 0
+    assert len(stat.image) in (0, 5)
 
 
 @FUZZ
@@ -42,7 +43,30 @@ def test_parse_status_uid_raises_only_value_error(text: str) -> None:
 @FUZZ
 @given(st.binary(max_size=300))
 def test_parse_cmdline_never_raises(raw: bytes) -> None:
-    assert isinstance(processes.parse_cmdline(raw), str)
+    argv = processes.parse_cmdline(raw)
+    assert all(isinstance(a, str) for a in argv) and len(argv) <= processes.MAX_ARGS
+    if raw.count(b"\0") < processes.MAX_ARGS:
+        assert "\0".join(argv).encode() == raw.removesuffix(b"\0").decode("utf-8", "replace").encode()
+
+
+@FUZZ
+@given(st.text(max_size=400))
+def test_parse_container_id_never_raises(text: str) -> None:
+    found = processes.parse_container_id(text)
+    assert found == "" or (len(found) == 64 and found in text)
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_stream_kind_never_raises(target: str) -> None:
+    assert processes.stream_kind(target).target == target
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_parse_packet_table_raises_nothing(raw: bytes) -> None:
+    entries, errors = sockets.parse_packet_table(raw.decode("ascii", "replace"))
+    assert all(e.proto == "packet" for e in entries) and all(e.kind.value == "net_read" for e in errors)
 
 
 @FUZZ

@@ -4,7 +4,7 @@ import threading
 import time
 
 from trainguard.api.sample import GpuSample
-from trainguard.sensor.errors import MAX_ERRORS_PER_SAMPLE, ErrorKind, SensorError, render
+from trainguard.sensor.errors import MAX_ERRORS_PER_SAMPLE, SensorErrorKind, error, render
 from trainguard.sensor.gpu import GpuReading, NoGpuSource
 from trainguard.sensor.sampler import Sampler, SamplerSettings, run_loop
 
@@ -57,18 +57,18 @@ def test_a_hung_gpu_source_never_stalls_the_stream(handmade: str) -> None:
         sampler.close()
     assert elapsed < 2 * 0.2 * 0.5 + 0.15  # two ticks, each waiting at most the deadline
     assert stale.gpus == first.gpus  # the previous GPU state, marked stale
-    assert ErrorKind.GPU_STALE in [e.kind for e in errors]
-    assert any(e.startswith("gpu_stale:") for e in stale.sensor.errors)
+    assert SensorErrorKind.GPU_STALE in [e.kind for e in errors]
+    assert any(e.kind is SensorErrorKind.GPU_STALE for e in stale.sensor.errors)
     assert again.gpus == first.gpus and reads_while_hung == 2  # no pile-up of calls behind the hung one
     assert [s.seq for s in (first, stale, again, recovered)] == [0, 1, 2, 3]
-    assert ErrorKind.GPU_STALE not in [e.kind for e in recovered_errors]
+    assert SensorErrorKind.GPU_STALE not in [e.kind for e in recovered_errors]
 
 
 def test_errors_in_a_sample_are_bounded() -> None:
-    errors = [SensorError(ErrorKind.PROC_READ, f"/proc/{i}/stat: unparsable") for i in range(100)]
+    errors = [error(SensorErrorKind.PROC_READ, f"/proc/{i}/stat: unparsable") for i in range(100)]
     rendered = render(errors)
     assert len(rendered) == MAX_ERRORS_PER_SAMPLE
-    assert rendered[-1] == "proc_read: 69 more errors not shown"
+    assert rendered[-1] == error(SensorErrorKind.PROC_READ, "69 more errors not shown")
 
 
 def test_run_loop_ticks_for_the_duration(handmade: str) -> None:
