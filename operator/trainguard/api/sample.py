@@ -14,7 +14,8 @@ What changed from version 1 (the form of the first recordings), and why (docs/se
   what its standard streams are; `name` (comm) stays, but it is only what the process calls itself;
 - sockets that can carry data without being a TCP connection (unconnected UDP, raw, ICMP, packet,
   SCTP) are their own list, `unconnected`, instead of passing as listeners;
-- TCP connections carry byte counts and age, so a bulk transfer reads differently from a shell;
+- TCP connections carry byte counts and when they were first seen, so a bulk transfer reads differently
+  from a shell;
 - a GPU reading NVML cannot take is `null`, never 0.0;
 - `sensor.errors` are structured (`kind`, `message`), kinds a closed set.
 
@@ -225,8 +226,13 @@ class Connection(WireModel):
     bytes_received: int | None = Field(
         default=None, ge=0, description="Bytes received (tcp_info bytes_received); null if unknown."
     )
-    age_seconds: float | None = Field(
-        default=None, ge=0.0, description="How long the sensor has seen this connection, in seconds; null if unknown."
+    first_seen: float | None = Field(
+        default=None,
+        description=(
+            "When this sensor first saw the connection, Unix time in seconds (the kernel keeps no start time for "
+            "a socket): its age at a sample is ts - firstSeen, and a sensor restart sees every connection anew. "
+            "A time, not an age, so that an idle connection is the same object from tick to tick. Null if unknown."
+        ),
     )
 
 

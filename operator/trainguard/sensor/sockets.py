@@ -194,7 +194,7 @@ def to_object(
     entry: SocketEntry,
     pid: int | None,
     counters: Counters | None = None,
-    age_seconds: float | None = None,
+    first_seen: float | None = None,
 ) -> SocketObject:
     """The sample's view of one socket (see `kind_of`)."""
     kind = kind_of(entry)
@@ -215,7 +215,7 @@ def to_object(
         inode=inode,
         bytes_sent=None if counters is None else counters[0],
         bytes_received=None if counters is None else counters[1],
-        age_seconds=age_seconds,
+        first_seen=first_seen,
     )
 
 
@@ -225,7 +225,8 @@ def classify(
     *,
     max_sockets: int,
 ) -> SocketScan:
-    """Split entries into the sample's lists with owners (no counters, no age); at most max_sockets of each."""
+    """Split entries into the sample's lists with owners (no counters, no first sighting); at most max_sockets of
+    each."""
     return _split(
         (to_object(entry, owners.get(entry.inode) if entry.inode else None) for entry in entries), max_sockets
     )
@@ -280,48 +281,47 @@ AgeKey = tuple[str, str, int, str, int, int]
 class SocketBook:
     """Turns each tick's read into the sample's lists, remembering when each connection was first seen.
 
-    A connection's age is how long *this sensor* has seen it (the kernel keeps no start time for a
-    socket): a sensor restart starts every age again at 0. A connection is the same while its protocol,
-    endpoints and inode are (a state change keeps its age; ESTABLISHED -> TIME_WAIT, which drops the
-    inode, starts a new one). Listening and unconnected objects are reused while their entry and owner
-    are the same (their JSON is then reused too); connections carry an age, so they are new every tick.
+    `firstSeen` is when *this sensor* first saw a connection (the kernel keeps no start time for a
+    socket): a sensor restart sees every connection anew. A connection is the same while its protocol,
+    endpoints and inode are (a state change keeps its first sighting; ESTABLISHED -> TIME_WAIT, which
+    drops the inode, is a new one). An object is reused while its entry, owner and byte counts are the
+    same (its JSON is then reused too): an idle connection costs a few dictionary look-ups per tick.
     Only what the last tick saw is remembered.
     """
 
-    def __init__(self, *, max_sockets: int = 4096, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_sockets: int = 4096, clock: Callable[[], float] = time.time) -> None:
         self.max_sockets = max_sockets
-        self._monotonic = monotonic
+        self._clock = clock
         self._first_seen: dict[AgeKey, float] = {}
-        self._reused: dict[tuple[SocketEntry, int | None], SocketObject] = {}
+        self._reused: dict[int, tuple[SocketEntry, int | None, Counters | None, SocketObject]] = {}
+        """id(entry) -> (entry, owner, counters, object) of the last tick. The readers hand over the very same
+        entry objects for a socket they saw before; the entry is kept, so its id cannot be another's."""
 
     def classify(self, read: SocketRead, owners: dict[int, int]) -> SocketScan:
-        now = self._monotonic()
-        last_seen, last_reused = self._first_seen, self._reused
+        now = round(self._clock(), 3)
+        last_seen, last_reused = self._first_seen, self._reused.get
         first_seen: dict[AgeKey, float] = {}
-        reused: dict[tuple[SocketEntry, int | None], SocketObject] = {}
+        reused: dict[int, tuple[SocketEntry, int | None, Counters | None, SocketObject]] = {}
         objects: list[SocketObject] = []
+        append = objects.append
+        owner = owners.get
         counters = read.counters or [None] * len(read.entries)
         for entry, counted in zip(read.entries, counters, strict=True):
-            pid = owners.get(entry.inode) if entry.inode else None
-            if kind_of(entry) == "connection":
-                key = (
-                    entry.proto,
-                    entry.local_address,
-                    entry.local_port,
-                    entry.remote_address,
-                    entry.remote_port,
-                    entry.inode,
-                )
+            pid = owner(entry.inode) if entry.inode else None
+            hit = last_reused(id(entry))
+            if hit is not None and hit[0] is entry and hit[1] == pid and hit[2] == counted:
+                obj = hit[3]
+                if isinstance(obj, Connection):
+                    first_seen[(entry.proto, *entry[1:5], entry.inode)] = obj.first_seen  # type: ignore[assignment]
+            elif kind_of(entry) == "connection":
+                key: AgeKey = (entry.proto, *entry[1:5], entry.inode)
                 seen = last_seen.get(key, now)
                 first_seen[key] = seen
-                objects.append(to_object(entry, pid, counted, round(now - seen, 3)))
-                continue
-            rkey = (entry, pid)
-            obj = last_reused.get(rkey)
-            if obj is None:
+                obj = to_object(entry, pid, counted, seen)
+            else:
                 obj = to_object(entry, pid)
-            reused[rkey] = obj
-            objects.append(obj)
+            reused[id(entry)] = (entry, pid, counted, obj)
+            append(obj)
         self._first_seen, self._reused = first_seen, reused
         result = _split(objects, self.max_sockets)
         result.errors[:0] = read.errors

@@ -89,7 +89,7 @@ def test_handmade_tables(handmade: str) -> None:
         in scan.connections
     )
     assert len(scan.connections) == 5  # the bound-only TCP socket (state CLOSE, no peer) is neither
-    assert all(c.bytes_sent is None and c.age_seconds is None for c in scan.connections)  # /proc/net has no counts
+    assert all(c.bytes_sent is None and c.first_seen is None for c in scan.connections)  # no counts in /proc/net
     assert [e.kind for e in scan.errors] == [SensorErrorKind.NET_READ]
     assert "line 6" in scan.errors[0].message
 
@@ -203,18 +203,23 @@ def _read(*entries: sockets.SocketEntry, counters: list[sockets.Counters | None]
     return sockets.SocketRead("netlink", list(entries), counters or [None] * len(entries))
 
 
-def test_book_ages_connections_from_when_it_first_saw_them_and_reuses_the_rest() -> None:
+def test_book_remembers_when_it_first_saw_a_connection_and_reuses_what_did_not_change() -> None:
     now = [100.0]
-    book = sockets.SocketBook(monotonic=lambda: now[0])
+    book = sockets.SocketBook(clock=lambda: now[0])
     conn = sockets.SocketEntry("tcp", "10.0.0.5", 41234, "203.0.113.9", 443, 1, 5001)
     udp = sockets.SocketEntry("udp", "0.0.0.0", 5353, "0.0.0.0", 0, 7, 5002)
     first = book.classify(_read(conn, udp, counters=[(10, 20), None]), {5001: 7})
-    assert [(c.age_seconds, c.bytes_sent, c.bytes_received, c.pid) for c in first.connections] == [(0.0, 10, 20, 7)]
+    assert [(c.first_seen, c.bytes_sent, c.bytes_received, c.pid) for c in first.connections] == [(100.0, 10, 20, 7)]
+    now[0] = 101.0
+    idle = book.classify(_read(conn, udp, counters=[(10, 20), None]), {5001: 7})
+    assert idle.connections[0] is first.connections[0] and idle.unconnected[0] is first.unconnected[0]
     now[0] = 102.5
-    closing = conn._replace(state=8)  # CLOSE_WAIT: the same connection, its age goes on
+    closing = conn._replace(state=8)  # CLOSE_WAIT: the same connection, first seen at 100
     second = book.classify(_read(closing, udp, counters=[(10, 900), None]), {5001: 7})
-    assert [(c.state, c.age_seconds, c.bytes_received) for c in second.connections] == [("CLOSE_WAIT", 2.5, 900)]
+    assert [(c.state, c.first_seen, c.bytes_received) for c in second.connections] == [("CLOSE_WAIT", 100.0, 900)]
     assert second.unconnected[0] is first.unconnected[0]
     now[0] = 103.0
+    again = book.classify(_read(closing, counters=[(10, 900)]), {5001: 8})  # another owner: a new object
+    assert again.connections[0].pid == 8 and again.connections[0].first_seen == 100.0
     reborn = conn._replace(inode=6001)  # another socket on the same ports
-    assert [c.age_seconds for c in book.classify(_read(reborn), {}).connections] == [0.0]
+    assert [c.first_seen for c in book.classify(_read(reborn), {}).connections] == [103.0]

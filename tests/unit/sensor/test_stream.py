@@ -92,7 +92,7 @@ def _encoder_pool() -> tuple[list[ProcessInfo], list[ListeningSocket], list[Conn
             state="ESTABLISHED",
             pid=n,
             bytes_sent=n * 1000,
-            age_seconds=n / 3,
+            first_seen=1.7e9 + n / 3,
         )
         for n in range(6)
     ]
