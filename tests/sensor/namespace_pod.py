@@ -56,8 +56,9 @@ while True:
 UDP_SENDER = """
 import socket, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 while True:
-    u.sendto(b"beacon", ("127.0.0.1", 5599)); time.sleep(0.1)
+    u.sendto(b"beacon", ("127.0.0.1", 5599)); u6.sendto(b"beacon", ("::1", 5599)); time.sleep(0.1)
 """
 
 EXEC_IN_PLACE = """

@@ -100,12 +100,14 @@ def test_raw_icmp_echo_and_unconnected_udp_are_unconnected_sockets_never_listene
 
     def seen(s: Sample) -> Sample | None:
         kinds = {(u.proto, u.pid) for u in s.unconnected}
-        return s if {("raw", raw_icmp), ("icmp", raw_icmp), ("udp", udp)} <= kinds else None
+        return s if {("raw", raw_icmp), ("icmp", raw_icmp), ("udp", udp), ("udp6", udp)} <= kinds else None
 
     sample = pod.wait(reader, "the raw, ICMP echo and UDP senders", seen)
     assert not [s for s in sample.listening if s.pid in (raw_icmp, udp)]
     echo = next(u for u in sample.unconnected if u.proto == "icmp")
     assert echo.local.address == "0.0.0.0" and echo.inode
+    udp6 = next(u for u in sample.unconnected if u.proto == "udp6")
+    assert udp6.local.address == "::" and udp6.local.port > 0
     assert sample.sensor.reader == reader
 
 

@@ -190,7 +190,10 @@ class ProcessInfo(WireModel):
     name: str = Field(
         default="", description="comm: what the process calls itself (it can set this freely; never trust it alone)."
     )
-    exe: str = Field(default="", description="The executable it runs (/proc/<pid>/exe); empty unless exeStatus is ok.")
+    exe: str = Field(
+        default="",
+        description="The executable it runs (/proc/<pid>/exe): the path it had when deleted; empty when not readable.",
+    )
     exe_status: ExeStatus = Field(default="ok", description="Whether exe could be read.")
     argv: list[str] = Field(default_factory=list, description="Its arguments (/proc/<pid>/cmdline), boundaries kept.")
     container_id: str = Field(default="", description="The container it runs in, from its cgroup; empty if unknown.")

@@ -19,6 +19,7 @@ last tick is not decoded again, and tcp_info is read at the offset it had in the
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -123,7 +124,10 @@ class SockDiag:
                 if kind in (NLMSG_DONE, NLMSG_ERROR):
                     code = _ERRNO.unpack_from(buf, off + 16)[0] if length >= 20 else 0
                     if code < 0:
-                        raise OSError(-code, errno.errorcode.get(-code, str(-code)))
+                        name = os.strerror(-code)
+                        if -code in REFUSED:  # an LSM or a filter said no to the dump itself
+                            raise NetlinkRefused(-code, f"netlink sock_diag dump: {name}")
+                        raise OSError(-code, name)
                     if kind == NLMSG_DONE:
                         return
                 elif kind == SOCK_DIAG_BY_FAMILY:

@@ -104,7 +104,9 @@ def test_sampler_survives_a_garbled_tree(files: list[tuple[str, bytes]], lines: 
         os.symlink("socket:[notanumber]", root / "6" / "fd" / "3")
         (root / "net").mkdir()
         (root / "net" / "tcp").write_text("header\n" + "\n".join(lines))
-        sampler = Sampler(SamplerSettings(pod="a/b", proc_root=tmp, interval_s=5.0), NoGpuSource())
+        sampler = Sampler(
+            SamplerSettings(pod="a/b", proc_root=tmp, interval_s=5.0, socket_reader="proc"), NoGpuSource()
+        )
         try:
             sample, _ = sampler.tick()
         finally:

@@ -28,7 +28,9 @@ class SlowGpu:
 
 
 def test_seq_starts_at_zero_and_increases_by_one(handmade: str) -> None:
-    sampler = Sampler(SamplerSettings(pod="ns/p", proc_root=handmade, interval_s=1), NoGpuSource())
+    sampler = Sampler(
+        SamplerSettings(pod="ns/p", proc_root=handmade, socket_reader="proc", interval_s=1), NoGpuSource()
+    )
     try:
         samples = [sampler.tick()[0] for _ in range(3)]
     finally:
@@ -36,11 +38,13 @@ def test_seq_starts_at_zero_and_increases_by_one(handmade: str) -> None:
     assert [s.seq for s in samples] == [0, 1, 2]
     assert samples[0].pod == "ns/p" and samples[0].sensor.version
     assert 12 in [p.pid for p in samples[0].processes]
+    assert samples[0].sensor.reader == "proc"  # --socket-reader proc: the fake tree's tables
+    assert {(u.proto, u.pid) for u in samples[0].unconnected} >= {("udp", 7), ("raw", None), ("packet", None)}
 
 
 def test_a_hung_gpu_source_never_stalls_the_stream(handmade: str) -> None:
     gpu = SlowGpu()
-    sampler = Sampler(SamplerSettings(pod="ns/p", proc_root=handmade, interval_s=0.2), gpu)
+    sampler = Sampler(SamplerSettings(pod="ns/p", proc_root=handmade, socket_reader="proc", interval_s=0.2), gpu)
     try:
         first, _ = sampler.tick()
         gpu.hang.set()
@@ -72,7 +76,9 @@ def test_errors_in_a_sample_are_bounded() -> None:
 
 
 def test_run_loop_ticks_for_the_duration(handmade: str) -> None:
-    sampler = Sampler(SamplerSettings(pod="ns/p", proc_root=handmade, interval_s=0.05), NoGpuSource())
+    sampler = Sampler(
+        SamplerSettings(pod="ns/p", proc_root=handmade, socket_reader="proc", interval_s=0.05), NoGpuSource()
+    )
     seqs: list[int] = []
     try:
         count = run_loop(sampler, lambda s, e, d: seqs.append(s.seq), threading.Event(), duration_s=0.2)
@@ -82,7 +88,9 @@ def test_run_loop_ticks_for_the_duration(handmade: str) -> None:
 
 
 def test_run_loop_stops_when_asked(handmade: str) -> None:
-    sampler = Sampler(SamplerSettings(pod="ns/p", proc_root=handmade, interval_s=10), NoGpuSource())
+    sampler = Sampler(
+        SamplerSettings(pod="ns/p", proc_root=handmade, socket_reader="proc", interval_s=10), NoGpuSource()
+    )
     stop = threading.Event()
     timer = threading.Timer(0.2, stop.set)
     timer.start()
