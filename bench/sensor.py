@@ -108,8 +108,11 @@ def measure_sensor(reader: str) -> dict[str, object]:
     host = HostCollector(settings)
     host.collect()
     sockets_ms = _batches(host._sockets.read, 3)
+    inodes = host._sockets.read().inodes()
+    processes_ms = _batches(lambda: host._processes.scan(inodes), 3)
     host.close()
     result: dict[str, object] = {"reader": reader, "cpu_ms": per_sample, "sys_ms": sys_ms, "sockets_ms": sockets_ms}
+    result["processes_ms"] = processes_ms
     return {**result, "rss_mib": rss_mib, **shape}
 
 
@@ -202,7 +205,7 @@ def inside() -> int:
     ok = True
     print(
         f"{'socket reader':<14} {'CPU/sample (median)':>20} {'of it kernel':>13} {'best batch':>11} "
-        f"{'sockets alone':>14} {'peak RSS':>9}"
+        f"{'sockets alone':>14} {'processes alone':>16} {'peak RSS':>9}"
     )
     for reader, r in results.items():
         cpu = _median(r["cpu_ms"])
@@ -210,7 +213,11 @@ def inside() -> int:
         sockets_ms = _median(r["sockets_ms"])
         rss = float(r["rss_mib"])  # type: ignore[arg-type]
         kernel = float(r["sys_ms"])  # type: ignore[arg-type]
-        print(f"{reader:<14} {cpu:17.1f} ms {kernel:10.1f} ms {best:8.1f} ms {sockets_ms:11.1f} ms {rss:5.1f} MiB")
+        processes_ms = _median(r["processes_ms"])
+        print(
+            f"{reader:<14} {cpu:17.1f} ms {kernel:10.1f} ms {best:8.1f} ms {sockets_ms:11.1f} ms "
+            f"{processes_ms:13.1f} ms {rss:5.1f} MiB"
+        )
         print(
             f"{'':14} sensor.reader={r['reader']}, connections with byte counts: {r['with_bytes']}, "
             f"errors: {r['errors']}"
