@@ -631,6 +631,7 @@ class ProcessWatcher:
         exe_status: ExeStatus
         try:
             exe, exe_status = parse_exe(os.readlink(f"{base}/exe"))
+            self._exe_denied.discard(pid)
         except OSError as exc:
             exe, exe_status = "", "unreadable"
             if exc.errno in (errno.EACCES, errno.EPERM):
@@ -668,6 +669,7 @@ class ProcessWatcher:
                     entry.denied = True
                 elif exc.errno not in _GONE:
                     errors.append(error(SensorErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                entry.streams = (None, None, None)
                 if entry.sockets or entry.devices:
                     entry.sockets, entry.devices = (), ()
                     self._dirty = True
@@ -682,6 +684,8 @@ class ProcessWatcher:
             names = os.listdir(fd_dir)
             if len(names) > budget.left:
                 names = names[: max(budget.left, 0)]
+                # Over the fd budget: a standard stream not read is unknown, not closed.
+                streams = [None if str(fd) not in names else "" for fd in range(3)]
             for fd_name in names:
                 tried += 1
                 try:

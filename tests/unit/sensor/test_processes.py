@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.sensor.conftest import real_listener_pid
-from trainguard.api.sample import ProcessInfo
+from trainguard.api.sample import ProcessInfo, StdStream
 from trainguard.sensor import processes
 from trainguard.sensor.errors import SensorErrorKind
 
@@ -276,3 +276,21 @@ def test_rolling_refresh_keeps_an_unchanged_entry_as_the_same_object(handmade: s
     for _ in range(3):
         again = {r.pid: r.info for r in watcher.scan().processes}
         assert all(again[pid] is first[pid] for pid in first)
+
+
+def test_standard_streams_come_from_fd_0_1_2_and_are_unknown_past_the_fd_budget(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    fd = root / "9" / "fd"
+    for name in os.listdir(fd):
+        os.unlink(fd / name)
+    os.symlink("socket:[1002]", fd / "0")
+    os.symlink("socket:[1002]", fd / "1")
+    os.symlink("/dev/pts/0", fd / "2")
+    info = _info(processes.ProcessWatcher(str(root)), 9)
+    assert info.stdin is not None and (info.stdin.kind, info.stdin.inode) == ("socket", 1002)
+    assert info.stdout == info.stdin
+    assert info.stderr is not None and info.stderr.kind == "tty"
+    starved = next(r.info for r in processes.ProcessWatcher(str(root), max_fds=0).scan().processes if r.pid == 9)
+    assert (starved.stdin, starved.stdout, starved.stderr) == (None, None, None)
+    os.unlink(fd / "2")
+    assert _info(processes.ProcessWatcher(str(root)), 9).stderr == StdStream(kind="closed")
