@@ -294,3 +294,14 @@ def test_standard_streams_come_from_fd_0_1_2_and_are_unknown_past_the_fd_budget(
     assert (starved.stdin, starved.stdout, starved.stderr) == (None, None, None)
     os.unlink(fd / "2")
     assert _info(processes.ProcessWatcher(str(root)), 9).stderr == StdStream(kind="closed")
+
+
+def test_container_id_and_name_from_the_cgroup(handmade: str, tmp_path: Path) -> None:
+    root = _copy(handmade, tmp_path)
+    ident = "0123456789abcdef" * 4
+    (root / "9" / "cgroup").write_text(f"0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ident}.scope\n")
+    named = _info(processes.ProcessWatcher(str(root), container_names={ident: "trainer"}), 9)
+    assert (named.container_id, named.container) == (ident, "trainer")
+    unnamed = _info(processes.ProcessWatcher(str(root)), 9)
+    assert (unnamed.container_id, unnamed.container) == (ident, "")
+    assert _info(processes.ProcessWatcher(str(root)), 7).container_id == ""  # no cgroup file in the tree
