@@ -116,27 +116,40 @@ class SockDiag:
             buf = recv(RECV_BYTES)
             if not buf:
                 return
-            off, size = 0, len(buf)
-            while off + 16 <= size:
-                length, kind = _HEADER.unpack_from(buf, off)[:2]
-                if length < 16:
-                    raise OSError(errno.EPROTO, "netlink: short message")
-                if kind in (NLMSG_DONE, NLMSG_ERROR):
-                    code = _ERRNO.unpack_from(buf, off + 16)[0] if length >= 20 else 0
-                    if code < 0:
-                        name = os.strerror(-code)
-                        if -code in REFUSED:  # an LSM or a filter said no to the dump itself
-                            raise NetlinkRefused(-code, f"netlink sock_diag dump: {name}")
-                        raise OSError(-code, name)
-                    if kind == NLMSG_DONE:
-                        return
-                elif kind == SOCK_DIAG_BY_FAMILY:
-                    yield buf, off + 16, off + length
-                off += (length + 3) & ~3
+            found, done = messages(buf)
+            for start, end in found:
+                yield buf, start, end
+            if done:
+                return
 
     def next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         return self._seq
+
+
+def messages(buf: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """The payloads (start, end) of the SOCK_DIAG_BY_FAMILY messages in one netlink read, and whether the dump
+    ended in it. OSError with the kernel's errno for an error answer (NetlinkRefused for EPERM/EACCES), EPROTO
+    for a message that does not fit in the read."""
+    found: list[tuple[int, int]] = []
+    off, size = 0, len(buf)
+    while off + 16 <= size:
+        length, kind = _HEADER.unpack_from(buf, off)[:2]
+        if length < 16 or off + length > size:
+            raise OSError(errno.EPROTO, f"netlink: a message of {length} bytes at {off} of {size}")
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            code = _ERRNO.unpack_from(buf, off + 16)[0] if length >= 20 else 0
+            if code < 0:
+                name = os.strerror(-code)
+                if -code in REFUSED:  # an LSM or a filter said no to the dump itself
+                    raise NetlinkRefused(-code, f"netlink sock_diag dump: {name}")
+                raise OSError(-code, name)
+            if kind == NLMSG_DONE:
+                return found, True
+        elif kind == SOCK_DIAG_BY_FAMILY:
+            found.append((off + 16, off + length))
+        off += (length + 3) & ~3
+    return found, False
 
 
 def inet_request(query: _Query, seq: int) -> bytes:
@@ -257,6 +270,8 @@ class NetlinkSocketReader:
         proto, info = query.proto, query.info
         info_at = cache.info_at
         for buf, start, end in self._diag.dump(inet_request(query, self._diag.next_seq())):
+            if end - start < _INET_MSG_BYTES:
+                raise OSError(errno.EPROTO, f"sock_diag {proto}: a message of {end - start} bytes")
             key = unpack_id(buf, start)
             entry = last.get(key) or now.get(key)
             if entry is None:
@@ -294,7 +309,8 @@ class NetlinkSocketReader:
         try:
             found = [
                 packet_entry(_PACKET_INODE.unpack_from(buf, start)[0])
-                for buf, start, _end in self._diag.dump(packet_request(self._diag.next_seq()))
+                for buf, start, end in self._diag.dump(packet_request(self._diag.next_seq()))
+                if end - start >= _PACKET_INODE.size
             ]
         except NetlinkRefused:
             raise

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainguard.sensor import processes, sockets
+from trainguard.sensor import processes, sockdiag, sockets
 from trainguard.sensor.gpu import NoGpuSource
 from trainguard.sensor.sampler import Sampler, SamplerSettings
 
@@ -178,3 +180,28 @@ def test_a_watcher_that_kept_its_state_agrees_with_a_fresh_one(stats: list[tuple
             got, fresh = kept.scan(), processes.ProcessWatcher(tmp).scan()
             assert [r.info for r in got.processes] == [r.info for r in fresh.processes]
             assert [e.message for e in got.errors] == [e.message for e in fresh.errors]
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_netlink_messages_raise_only_os_error_and_stay_inside_the_read(raw: bytes) -> None:
+    try:
+        found, _done = sockdiag.messages(raw)
+    except OSError:
+        return
+    assert all(16 <= start <= end <= len(raw) for start, end in found)
+
+
+def test_netlink_messages_of_a_real_shape() -> None:
+    header = struct.Struct("=IHHII")
+    diag = header.pack(16 + 72, 20, 2, 1, 0) + bytes(72)
+    done = header.pack(20, 3, 2, 1, 0) + struct.pack("=i", 0)
+    assert sockdiag.messages(diag + done) == ([(16, 88)], True)
+    assert sockdiag.messages(diag) == ([(16, 88)], False)  # the dump goes on in the next read
+    refused = header.pack(20, 2, 0, 1, 0) + struct.pack("=i", -errno.EPERM)
+    with pytest.raises(sockdiag.NetlinkRefused):
+        sockdiag.messages(refused)
+    missing = header.pack(20, 3, 2, 1, 0) + struct.pack("=i", -errno.ENOENT)
+    with pytest.raises(OSError) as raised:
+        sockdiag.messages(missing)
+    assert raised.value.errno == errno.ENOENT and not isinstance(raised.value, sockdiag.NetlinkRefused)
