@@ -32,6 +32,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+TCPDIAG_GETSOCK = 18
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 INET_DIAG_INFO = 2
@@ -52,6 +53,8 @@ UNSUPPORTED = frozenset({errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP})
 
 _HEADER = struct.Struct("=IHHII")
 _INET_REQUEST = struct.Struct("=IHHIIBBBBI48x")
+_COMPAT_REQUEST = struct.Struct("=IHHIIBBBB48xII")
+"""nlmsghdr + struct inet_diag_req (family, src_len, dst_len, ext, sockid, states, dbs)."""
 _PACKET_REQUEST = struct.Struct("=IHHIIBBHII8x")
 _INET_ID = struct.Struct("=BB2x36s28xI")
 """inet_diag_msg: family, state, raw ports and addresses, inode (timers, queues, cookie and uid skipped)."""
@@ -72,9 +75,16 @@ class _Query:
     family: int
     protocol: int
     info: bool = False
+    compat: bool = False
+    """The legacy TCPDIAG_GETSOCK request: the kernel answers it for both families in one walk of the TCP
+    hash table (it sets the family to AF_UNSPEC), where the v2 request walks it once per family."""
 
+
+TCP_BOTH = _Query("tcp+tcp6", socket.AF_UNSPEC, socket.IPPROTO_TCP, info=True, compat=True)
+"""TCP of both families in one dump; where the kernel refuses it, the two v2 dumps below."""
 
 QUERIES = (
+    TCP_BOTH,
     _Query("tcp", socket.AF_INET, socket.IPPROTO_TCP, info=True),
     _Query("tcp6", socket.AF_INET6, socket.IPPROTO_TCP, info=True),
     _Query("udp", socket.AF_INET, socket.IPPROTO_UDP),
@@ -146,7 +156,7 @@ def messages(buf: bytes) -> tuple[list[tuple[int, int]], bool]:
                 raise OSError(-code, name)
             if kind == NLMSG_DONE:
                 return found, True
-        elif kind == SOCK_DIAG_BY_FAMILY:
+        elif kind in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
             found.append((off + 16, off + length))
         off += (length + 3) & ~3
     return found, False
@@ -154,6 +164,9 @@ def messages(buf: bytes) -> tuple[list[tuple[int, int]], bool]:
 
 def inet_request(query: _Query, seq: int) -> bytes:
     ext = 1 << (INET_DIAG_INFO - 1) if query.info else 0
+    if query.compat:
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        return _COMPAT_REQUEST.pack(_COMPAT_REQUEST.size, TCPDIAG_GETSOCK, flags, seq, 0, 0, 0, 0, ext, ALL_STATES, 0)
     return _INET_REQUEST.pack(
         _INET_REQUEST.size,
         SOCK_DIAG_BY_FAMILY,
@@ -191,8 +204,9 @@ def decode_inet(proto: str, family: int, state: int, ids: bytes, inode: int) -> 
 @dataclass(slots=True)
 class _Cache:
     entries: dict[tuple[int, int, bytes, int], SocketEntry] = field(default_factory=dict)
-    info_at: int = _INET_MSG_BYTES + 8
-    """Where INET_DIAG_INFO started in the last message (after the always-present attributes)."""
+    info_at: dict[int, int] = field(default_factory=dict)
+    """Family -> where INET_DIAG_INFO started in the last message of that family (after the attributes every
+    message has: an IPv6 one carries one more)."""
 
 
 class NetlinkSocketReader:
@@ -223,6 +237,8 @@ class NetlinkSocketReader:
         result = SocketRead("netlink")
         tables: list[str] = ["icmp", "icmp6"]
         for query in QUERIES:
+            if query.protocol == socket.IPPROTO_TCP and not query.compat and TCP_BOTH.proto not in self._unsupported:
+                continue  # read by the one dump of both families
             if query.proto in self._unsupported:
                 if query.proto in _FALLBACK_TABLE:
                     tables.append(_FALLBACK_TABLE[query.proto])
@@ -268,6 +284,7 @@ class NetlinkSocketReader:
         entries, counters = result.entries, result.counters
         unpack_id, unpack_bytes, unpack_attr = _INET_ID.unpack_from, _BYTES.unpack_from, _ATTR.unpack_from
         proto, info = query.proto, query.info
+        names = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6"} if query.compat else None
         info_at = cache.info_at
         for buf, start, end in self._diag.dump(inet_request(query, self._diag.next_seq())):
             if end - start < _INET_MSG_BYTES:
@@ -275,14 +292,17 @@ class NetlinkSocketReader:
             key = unpack_id(buf, start)
             entry = last.get(key) or now.get(key)
             if entry is None:
-                entry = decode_inet(proto, *key)
+                family = key[0]
+                if names is not None and family not in names:
+                    raise OSError(errno.EPROTO, f"sock_diag {proto}: family {family}")
+                entry = decode_inet(proto if names is None else names[family], *key)
             now[key] = entry
             entries.append(entry)
             if not info:
                 counters.append(None)
                 continue
             counted: Counters | None = None
-            at = start + info_at
+            at = start + info_at.get(key[0], _INET_MSG_BYTES)
             if at + 140 <= end:
                 length, kind, sent, received = unpack_bytes(buf, at)
                 if kind == INET_DIAG_INFO and length >= 140:
@@ -296,7 +316,7 @@ class NetlinkSocketReader:
                     if kind == INET_DIAG_INFO:
                         if length >= 140 and at + 140 <= end:
                             counted = unpack_bytes(buf, at)[2:]
-                            info_at = at - start
+                            info_at[key[0]] = at - start
                         break
                     at += (length + 3) & ~3
             counters.append(counted)

@@ -88,3 +88,22 @@ def test_a_refused_netlink_is_a_fallback_named_in_every_read(monkeypatch: pytest
         assert read.reader == "proc"
         assert [e.kind for e in read.errors] == [SensorErrorKind.NET_FALLBACK]
         assert "Operation not permitted" in read.errors[0].message
+
+
+@pytest.mark.parametrize("one_dump", [True, False], ids=["tcpdiag-both-families", "v2-per-family"])
+def test_tcp_of_both_families_in_one_dump_or_one_per_family(one_dump: bool) -> None:
+    reader = sockdiag.NetlinkSocketReader()
+    if not one_dump:  # as on a kernel that refuses the legacy request
+        reader._unsupported.add(sockdiag.TCP_BOTH.proto)
+    with socket.socket(socket.AF_INET6) as v6, socket.socket() as v4:
+        v6.bind(("::1", 0))
+        v6.listen(1)
+        v4.bind(("127.0.0.1", 0))
+        v4.listen(1)
+        read = reader.read()
+        six, four = _find(read, _inode(v6)), _find(read, _inode(v4))
+        assert six is not None and (six[0].proto, six[0].local_address) == ("tcp6", "::1")
+        assert four is not None and (four[0].proto, four[0].local_address) == ("tcp", "127.0.0.1")
+        inodes = [e.inode for e in read.entries if e.inode]
+        assert len(inodes) == len(set(inodes))  # no socket twice
+    reader.close()
