@@ -243,11 +243,13 @@ class NetlinkSocketReader:
                 if query.proto in _FALLBACK_TABLE:
                     tables.append(_FALLBACK_TABLE[query.proto])
                 continue
+            kept = len(result.entries)
             try:
                 self._inet(query, result)
             except NetlinkRefused:
                 raise
             except OSError as exc:
+                del result.entries[kept:], result.counters[kept:]  # nothing half read: the error says it
                 self._restart()
                 if exc.errno in UNSUPPORTED:
                     self._unsupported.add(query.proto)
