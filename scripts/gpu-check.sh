@@ -6,7 +6,7 @@
 #   DURATION=60 scripts/gpu-check.sh
 #
 # Exit status: 0 when the sensor saw at least one GPU and (if a load ran) a GPU process attributed
-# to the load's command line; 1 otherwise.
+# to the load's arguments; 1 otherwise. Readings NVML cannot take (MIG mode) print as null.
 set -euo pipefail
 
 DURATION="${DURATION:-30}"
@@ -59,20 +59,29 @@ import json, sys
 path, load_pid = sys.argv[1], int(sys.argv[2])
 samples = [json.loads(line) for line in open(path)]
 print(f"samples: {len(samples)}, seq {samples[0]['seq']}..{samples[-1]['seq']}")
-errors = sorted({e for s in samples for e in s["sensor"]["errors"]})
+errors = sorted({f"{e['kind']}: {e['message']}" for s in samples for e in s["sensor"]["errors"]})
 print("errors seen:", *(errors or ["none"]), sep="\n  ")
 gpus = samples[-1]["gpus"]
 ok = bool(gpus)
+
+
+def shown(value, scale=1.0, fmt="{:.0f}"):
+    return "null (NVML cannot take it)" if value is None else fmt.format(value / scale)
+
+
 for g in gpus:
     utils = [gg["utilization"] for s in samples for gg in s["gpus"] if gg["index"] == g["index"]]
-    print(f"GPU {g['index']} {g['uuid']}: utilization max {max(utils):.2f} mean {sum(utils)/len(utils):.2f}, "
-          f"memory {g['memoryUsedBytes']/2**20:.0f}/{g['memoryTotalBytes']/2**20:.0f} MiB, "
-          f"power {g['powerWatts']:.0f} W, SM clock {g['smClockMHz']} MHz")
+    known = [u for u in utils if u is not None]
+    util_text = f"max {max(known):.2f} mean {sum(known)/len(known):.2f}" if known else "null (NVML cannot take it)"
+    print(f"GPU {g['index']} {g['uuid']}: utilization {util_text}, "
+          f"memory {shown(g.get('memoryUsedBytes'), 2**20)}/{shown(g.get('memoryTotalBytes'), 2**20)} MiB, "
+          f"power {shown(g.get('powerWatts'))} W, SM clock {shown(g.get('smClockMHz'))} MHz")
     for p in g["processes"]:
-        print(f"  NVML pid {p['pid']}: {p['usedMemoryBytes']/2**20:.0f} MiB, "
-              f"attributed to: {p['cmdline'] or '(unattributed)'}")
+        argv = " ".join(p.get("argv") or [])
+        print(f"  NVML pid {p['pid']}: {shown(p.get('usedMemoryBytes'), 2**20)} MiB, "
+              f"attributed to: {argv or '(unattributed)'} {p.get('exe') or ''}")
 if load_pid:
-    attributed = any("gpu_load.py" in p["cmdline"] for g in gpus for p in g["processes"])
+    attributed = any("gpu_load.py" in " ".join(p.get("argv") or []) for g in gpus for p in g["processes"])
     print("load attributed:", attributed)
     ok = ok and attributed
 print("gpu-check:", "OK" if ok else "FAILED")

@@ -123,7 +123,7 @@ def write_trace(path: Path) -> Path:
                     memory_total_bytes=80 << 30,
                     power_watts=250.0,
                     sm_clock_mhz=1980,
-                    processes=[GpuProcess(pid=4242, name="python", cmdline="python train.py", used_memory_bytes=1)],
+                    processes=[GpuProcess(pid=4242, name="python", argv=["python", "train.py"], used_memory_bytes=1)],
                 )
             ],
         )
@@ -181,25 +181,27 @@ def test_sample_shows_the_workload(sensor: Sensor, workload: Workload) -> None:
     def everything_seen() -> Sample | None:
         s = sensor.sample()
         pids = {p.pid: p for p in s.processes}
-        listening = {(x.port, x.pid) for x in s.listening}
-        conns = {(c.remote, c.pid, c.state) for c in s.connections}
+        listening = {(x.local.port, x.pid) for x in s.listening}
+        conns = {(c.remote.address, c.remote.port, c.pid, c.state) for c in s.connections}
         ok = (
             workload.miner.pid in pids
             and (workload.listener_port, workload.listener.pid) in listening
-            and (f"127.0.0.1:{workload.server_port}", workload.client.pid, "ESTABLISHED") in conns
+            and ("127.0.0.1", workload.server_port, workload.client.pid, "ESTABLISHED") in conns
         )
         return s if ok else None
 
     s = wait_for(everything_seen, 15, "the workload in /v1/sample", interval=0.05, ignoring=_NOT_YET)
     miner = next(p for p in s.processes if p.pid == workload.miner.pid)
     assert (miner.name, miner.ppid, miner.uid) == ("xmrig", os.getpid(), os.getuid())
-    assert miner.cmdline.endswith("xmrig 600")
+    assert miner.argv[0].endswith("xmrig") and miner.argv[-1] == "600"
+    assert miner.exe.endswith("/xmrig") and miner.exe_status == "ok"
+    assert s.sensor.reader == "netlink"
     assert s.pod == "test/sensor"
     assert [g.uuid for g in s.gpus] == ["GPU-replay"]
-    assert s.gpus[0].processes[0].cmdline == "python train.py"
+    assert s.gpus[0].processes[0].argv == ["python", "train.py"]
     assert s.sensor.version == "0.1.0"
     me = next(p for p in s.processes if p.pid == sensor.process.pid)
-    assert "sensor" in me.cmdline
+    assert "sensor" in me.argv
 
 
 def test_stream_gives_one_sample_per_tick_with_seq_increasing(sensor: Sensor) -> None:
@@ -286,7 +288,7 @@ def test_record_writes_a_trace_that_replays(tmp_path: Path) -> None:
     assert len(samples) >= 2 and [s.seq for s in samples] == list(range(len(samples)))
     # No driver on this machine: gpus [] and an error entry, never a crash.
     assert all(s.gpus == [] for s in samples)
-    assert any(e.startswith("gpu_unavailable:") for s in samples for e in s.sensor.errors)
+    assert any(e.kind == "gpu_unavailable" for s in samples for e in s.sensor.errors)
     assert any(p.pid == os.getpid() for s in samples for p in s.processes)
     # The recording is a valid replay trace.
     again = _run("--record", str(tmp_path / "2.jsonl"), "--duration", "0.2", "--interval", "0.1")

@@ -8,9 +8,9 @@ NVML processes with the pod's holders of that device:
   process keeps its pid and start time, NVML still lists the host pid);
 * after removing known pairs, one unknown NVML process and one unknown holder are a certain pair;
 * otherwise, if there are no more unknown NVML processes than unknown holders and all those holders
-  run the same command (torchrun workers, DDP ranks), the name and command line are certain even if
+  run the same command (torchrun workers, DDP ranks), the name, executable and arguments are certain even if
   the pid pairing is not;
-* anything else stays unattributed (empty name and cmdline) and is counted in an `attribution` error.
+* anything else stays unattributed (empty name, argv and exe) and is counted in an `attribution` error.
 
 All of it assumes that every compute process on a GPU the pod holds belongs to the pod. A GPU shared
 with another pod (time-slicing, MPS) breaks that assumption; see docs/sensor.md.
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trainguard.api.sample import GpuProcess, GpuSample
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 from trainguard.sensor.processes import ProcessRecord
 
 PairKey = tuple[str, int]
@@ -29,7 +29,7 @@ PairKey = tuple[str, int]
 
 
 class GpuAttributor:
-    """Fills GPU processes' names and command lines from the pod's processes, remembering certain pairs."""
+    """Fills GPU processes' names, executables and arguments from the pod's processes, remembering certain pairs."""
 
     def __init__(self) -> None:
         self._pairs: dict[PairKey, tuple[int, int]] = {}
@@ -65,14 +65,16 @@ class GpuAttributor:
                         unattributed += 1
                     filled.append(proc)
                 else:
-                    filled.append(proc.model_copy(update={"name": who.info.name, "cmdline": who.info.cmdline}))
+                    filled.append(
+                        proc.model_copy(update={"name": who.info.name, "argv": who.info.argv, "exe": who.info.exe})
+                    )
             out.append(gpu.model_copy(update={"processes": filled}))
         self._pairs = pairs
         errors = []
         if unattributed:
             errors.append(
-                SensorError(
-                    ErrorKind.ATTRIBUTION,
+                error(
+                    SensorErrorKind.ATTRIBUTION,
                     f"{unattributed} GPU processes could not be tied to a process of this pod",
                 )
             )
@@ -106,7 +108,7 @@ class GpuAttributor:
         elif (
             unknown_host
             and len(unknown_host) <= len(unknown_pod)
-            and len({(r.info.name, r.info.cmdline) for r in unknown_pod}) == 1
+            and len({(r.info.name, r.info.exe, tuple(r.info.argv)) for r in unknown_pod}) == 1
         ):
             for host_pid in unknown_host:
                 matched[host_pid] = unknown_pod[0]

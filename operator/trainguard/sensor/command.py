@@ -45,6 +45,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _container_name(text: str) -> tuple[str, str]:
+    name, sep, container_id = text.partition("=")
+    container_id = container_id.removeprefix("containerd://").removeprefix("cri-o://").removeprefix("docker://")
+    if not sep or not name or len(container_id) != 64 or any(c not in "0123456789abcdef" for c in container_id):
+        raise argparse.ArgumentTypeError(f"want NAME=<64 hex digit container id>, got {text!r}")
+    return name, container_id
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pod", help="namespace/name (default: $POD_NAMESPACE/$POD_NAME, else default/<hostname>)")
     parser.add_argument("--address", default="0.0.0.0", help="address to serve on (default 0.0.0.0)")
@@ -70,6 +78,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=4096,
         help="listening sockets, and connections, per sample (4096 each)",
+    )
+    parser.add_argument(
+        "--socket-reader",
+        choices=("netlink", "proc"),
+        default="netlink",
+        help="netlink sock_diag (default; /proc/net where refused, with a net_fallback error) or /proc/net only",
+    )
+    parser.add_argument(
+        "--container-name",
+        type=_container_name,
+        action="append",
+        default=[],
+        metavar="NAME=ID",
+        help="name the container with this id (from its cgroup) in the samples; repeatable. The sensor cannot "
+        "ask the API server: without it, processes carry only the container id",
     )
     parser.add_argument("--record", type=Path, help="write samples to this JSON Lines file instead of serving")
     parser.add_argument(
@@ -137,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         proc_root=args.proc_root,
         max_processes=args.max_processes,
         max_connections=args.max_connections,
+        socket_reader=args.socket_reader,
+        container_names={container_id: name for name, container_id in args.container_name},
     )
     raise_open_files_limit()
     if not make_non_dumpable():

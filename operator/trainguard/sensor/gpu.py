@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from trainguard.api.sample import GpuProcess, GpuSample, Sample
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.api.sample import GpuProcess, GpuSample, parse_sample
+from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +54,10 @@ class NvmlGpuSource:
     """Reads every GPU NVML can see.
 
     Without a driver `nvmlInit` raises (NVMLError_LibraryNotFound); the source then reports
-    `gpu_unavailable` each tick and retries the initialisation every `retry_s` seconds. A query that
-    a GPU does not support (power on some boards) leaves the field at 0 without an error.
+    `gpu_unavailable` each tick and retries the initialisation every `retry_s` seconds. A reading a
+    GPU cannot give (NVML_ERROR_NOT_SUPPORTED: utilization in MIG mode, power on some boards) is null
+    in the sample, never 0.0, and a `gpu_unsupported` error names it once (the first sample that lacks
+    it): it does not change while the GPU is in that mode, and the null says it at every sample.
     """
 
     def __init__(
@@ -68,6 +69,8 @@ class NvmlGpuSource:
         self._initialised = False
         self._next_try = 0.0
         self._init_error = ""
+        self._unsupported: set[str] = set()
+        """The readings already reported as unsupported (`GPU <index> <what>`)."""
 
     def _ensure_initialised(self) -> bool:
         if self._initialised:
@@ -89,20 +92,20 @@ class NvmlGpuSource:
 
     def read(self) -> GpuReading:
         if not self._ensure_initialised():
-            return GpuReading(errors=[SensorError(ErrorKind.GPU_UNAVAILABLE, self._init_error)])
+            return GpuReading(errors=[error(SensorErrorKind.GPU_UNAVAILABLE, self._init_error)])
         nvml = self._nvml
         errors: list[SensorError] = []
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except nvml.NVMLError as exc:
-            return GpuReading(errors=[SensorError(ErrorKind.GPU_READ, f"device count: {exc}")])
+            return GpuReading(errors=[error(SensorErrorKind.GPU_READ, f"device count: {exc}")])
         gpus: list[GpuSample] = []
         minors: dict[int, int] = {}
         for index in range(count):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
             except nvml.NVMLError as exc:
-                errors.append(SensorError(ErrorKind.GPU_READ, f"GPU {index}: {exc}"))
+                errors.append(error(SensorErrorKind.GPU_READ, f"GPU {index}: {exc}"))
                 continue
             values, minor = self._read_device(index, handle, errors)
             if minor is not None:
@@ -110,7 +113,7 @@ class NvmlGpuSource:
             try:
                 gpus.append(GpuSample.model_validate(values))
             except ValidationError as exc:
-                errors.append(SensorError(ErrorKind.GPU_READ, f"GPU {index}: out of range ({exc.error_count()})"))
+                errors.append(error(SensorErrorKind.GPU_READ, f"GPU {index}: out of range ({exc.error_count()})"))
         return GpuReading(gpus=gpus, minor_numbers=minors, errors=errors)
 
     def _query(self, errors: list[SensorError], what: str, call: Callable[..., Any], *args: Any) -> Any:
@@ -119,7 +122,10 @@ class NvmlGpuSource:
             return call(*args)
         except self._nvml.NVMLError as exc:
             if getattr(exc, "value", None) != self._nvml.NVML_ERROR_NOT_SUPPORTED:
-                errors.append(SensorError(ErrorKind.GPU_READ, f"{what}: {exc}"))
+                errors.append(error(SensorErrorKind.GPU_READ, f"{what}: {exc}"))
+            elif what not in self._unsupported:
+                self._unsupported.add(what)
+                errors.append(error(SensorErrorKind.GPU_UNSUPPORTED, f"{what}: not supported by this GPU (null)"))
             return None
 
     def _read_device(self, index: int, handle: Any, errors: list[SensorError]) -> tuple[dict[str, Any], int | None]:
@@ -146,7 +152,8 @@ class NvmlGpuSource:
         running = self._query(errors, f"GPU {index} processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
         # usedGpuMemory is None where the driver cannot tell (pynvml maps NVML_VALUE_NOT_AVAILABLE to None).
         values["processes"] = [
-            GpuProcess(pid=int(p.pid), used_memory_bytes=int(p.usedGpuMemory or 0)) for p in running or ()
+            GpuProcess(pid=int(p.pid), used_memory_bytes=None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+            for p in running or ()
         ]
         return values, None if minor is None else int(minor)
 
@@ -177,8 +184,8 @@ def load_trace(path: Path) -> list[list[GpuSample]]:
                 if not line.strip():
                     continue
                 try:
-                    ticks.append(list(Sample.model_validate_json(line).gpus))
-                except (ValidationError, json.JSONDecodeError) as exc:
+                    ticks.append(list(parse_sample(line).gpus))
+                except (ValidationError, ValueError) as exc:
                     raise TraceError(f"{path}:{number}: not a sample ({exc})") from exc
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror or exc}") from exc

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from trainguard.api.sample import Sample
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.sensor.errors import SensorError, SensorErrorKind
 from trainguard.sensor.sockets import TABLES, TCP_STATES
 
 PREFIX = "trainguard_sensor"
@@ -34,7 +34,9 @@ class LatestSampleCollector(Collector):
         sample = self._latest()
         gpu_labels = ["gpu", "uuid"]
         utilization = GaugeMetricFamily(
-            f"{PREFIX}_gpu_utilization_ratio", "SM utilization of the GPU, 0 to 1.", labels=gpu_labels
+            f"{PREFIX}_gpu_utilization_ratio",
+            "NVML utilization.gpu: share of time a kernel was running, 0 to 1.",
+            labels=gpu_labels,
         )
         memory_used = GaugeMetricFamily(
             f"{PREFIX}_gpu_memory_used_bytes", "Framebuffer memory in use on the GPU.", labels=gpu_labels
@@ -57,6 +59,11 @@ class LatestSampleCollector(Collector):
         connections = GaugeMetricFamily(
             f"{PREFIX}_connections", "Sockets with a remote peer in the pod.", labels=["proto", "state"]
         )
+        unconnected = GaugeMetricFamily(
+            f"{PREFIX}_unconnected_sockets",
+            "Sockets that can send without a peer (UDP, raw, ICMP echo, packet) in the pod.",
+            labels=["proto"],
+        )
         clients = GaugeMetricFamily(f"{PREFIX}_stream_clients", "Readers of /v1/samples now.")
         clients.add_metric([], self._stream_clients())
         if sample is None:
@@ -64,22 +71,32 @@ class LatestSampleCollector(Collector):
             return
         for gpu in sample.gpus:
             labels = [str(gpu.index), gpu.uuid]
-            utilization.add_metric(labels, gpu.utilization)
-            memory_used.add_metric(labels, gpu.memory_used_bytes)
-            memory_total.add_metric(labels, gpu.memory_total_bytes)
-            power.add_metric(labels, gpu.power_watts)
-            clock.add_metric(labels, gpu.sm_clock_mhz * 1e6)
+            # A reading NVML could not take is null in the sample and absent here (never a 0).
+            if gpu.utilization is not None:
+                utilization.add_metric(labels, gpu.utilization)
+            if gpu.memory_used_bytes is not None:
+                memory_used.add_metric(labels, gpu.memory_used_bytes)
+            if gpu.memory_total_bytes is not None:
+                memory_total.add_metric(labels, gpu.memory_total_bytes)
+            if gpu.power_watts is not None:
+                power.add_metric(labels, gpu.power_watts)
+            if gpu.sm_clock_mhz is not None:
+                clock.add_metric(labels, gpu.sm_clock_mhz * 1e6)
             gpu_processes.add_metric(labels, len(gpu.processes))
             unattributed.add_metric(labels, sum(1 for p in gpu.processes if not p.name))
         processes.add_metric([], len(sample.processes))
-        by_proto = Tally(s.proto for s in sample.listening)
-        for proto in TABLES:
+        by_proto: Tally[str] = Tally(s.proto for s in sample.listening)
+        for proto in ("tcp", "tcp6", "sctp", "sctp6"):
             listening.add_metric([proto], by_proto.get(proto, 0))
+        by_kind: Tally[str] = Tally(s.proto for s in sample.unconnected)
+        for proto in (*TABLES, "packet"):
+            if proto not in ("tcp", "tcp6"):
+                unconnected.add_metric([proto], by_kind.get(proto, 0))
         by_state = Tally((c.proto, c.state if c.state in _CONNECTION_STATES else "OTHER") for c in sample.connections)
         for (proto, state), count in sorted(by_state.items()):
             connections.add_metric([proto, state], count)
         yield from (utilization, memory_used, memory_total, power, clock, gpu_processes, unattributed)
-        yield from (processes, listening, connections, clients)
+        yield from (processes, listening, connections, unconnected, clients)
 
 
 class SensorMetrics:
@@ -97,7 +114,7 @@ class SensorMetrics:
         self.errors = Counter(
             f"{PREFIX}_errors", "Errors reported in samples, by kind.", ["kind"], registry=self.registry
         )
-        for kind in ErrorKind:  # the set is closed: show every kind from the start, at 0
+        for kind in SensorErrorKind:  # the set is closed: show every kind from the start, at 0
             self.errors.labels(kind.value)
         self.stream_dropped = Counter(
             f"{PREFIX}_stream_dropped_lines",

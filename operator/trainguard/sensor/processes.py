@@ -14,18 +14,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from trainguard.api.sample import ProcessInfo
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.api.sample import ExeStatus, ProcessInfo, StdStream
+from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 
 MAX_CMDLINE_BYTES = 4096
 """A command line is read up to this many bytes (a process can make its own arbitrarily long)."""
+
+MAX_ARGS = 256
+"""At most this many arguments are kept (4 KiB of NULs would otherwise be 4,096 empty strings)."""
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""stat's times are in these units per second (USER_HZ, 100 on Linux)."""
+
+_DELETED = " (deleted)"
 
 MAX_FILE_BYTES = 65536
 """stat and status are read up to this many bytes; real ones are about 300 and 1,500."""
 
 _DEVICE_PREFIX = "/dev/nvidia"
+_STD_FDS = {"0": 0, "1": 1, "2": 2}
 _SOCKET_PREFIX = "socket:["
 
 # Errors that mean "the process is gone": normal, never reported.
@@ -59,8 +70,31 @@ class ProcessScan:
     """How many pids /proc listed (before the cap)."""
 
 
-def parse_stat(text: str) -> tuple[int, str, int, int]:
-    """(pid, comm, ppid, starttime) from /proc/<pid>/stat; ValueError when it is not one.
+class Stat(NamedTuple):
+    """What the sensor takes from /proc/<pid>/stat."""
+
+    pid: int
+    comm: str
+    ppid: int
+    starttime: int
+    """Clock ticks after boot (field 22)."""
+    cpu_ticks: int = 0
+    """utime + stime (fields 14 and 15), in clock ticks."""
+    image: tuple[str, ...] = ()
+    """startcode, endcode, startstack, arg_start, arg_end (fields 26-28, 48-49): addresses of the running
+    image, new at every exec (ASLR), 0 where the reader may not ptrace the process; () when absent."""
+
+
+def _image(rest: list[str]) -> tuple[str, ...]:
+    # rest[0] is field 3: field N is rest[N - 3].
+    if len(rest) < 47:
+        return ()
+    return (rest[23], rest[24], rest[25], rest[45], rest[46])
+
+
+def parse_stat(text: str) -> Stat:
+    """pid, comm, ppid, starttime, CPU ticks and image addresses from /proc/<pid>/stat; ValueError when it
+    is not one.
 
     comm sits between the first '(' and the last ')' and may itself contain spaces and parentheses.
     """
@@ -70,17 +104,18 @@ def parse_stat(text: str) -> tuple[int, str, int, int]:
         raise ValueError("no (comm) field")
     pid = int(text[:open_paren])
     comm = text[open_paren + 1 : close_paren]
-    rest = text[close_paren + 1 :].split(None, 21)
-    # rest[0] is the state (field 3); ppid is field 4, starttime field 22.
+    rest = text[close_paren + 1 :].split()
+    # rest[0] is the state (field 3); ppid is field 4, utime 14, stime 15, starttime 22.
     if len(rest) < 20:
         raise ValueError(f"{len(rest) + 2} fields, want at least 22")
     if len(rest[0]) != 1:
         raise ValueError(f"bad state {rest[0]!r}")
     ppid = int(rest[1])
     starttime = int(rest[19])
-    if pid < 0 or ppid < 0 or starttime < 0:
-        raise ValueError("negative pid, ppid or starttime")
-    return pid, comm, ppid, starttime
+    cpu_ticks = int(rest[11]) + int(rest[12])
+    if pid < 0 or ppid < 0 or starttime < 0 or cpu_ticks < 0:
+        raise ValueError("negative pid, ppid, CPU time or starttime")
+    return Stat(pid, comm, ppid, starttime, cpu_ticks, _image(rest))
 
 
 def parse_status_uid(text: str) -> int:
@@ -97,9 +132,78 @@ def parse_status_uid(text: str) -> int:
     raise ValueError("no Uid line")
 
 
-def parse_cmdline(raw: bytes) -> str:
-    """The arguments of /proc/<pid>/cmdline (NUL-separated) joined by spaces; undecodable bytes replaced."""
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+def parse_cmdline(raw: bytes) -> list[str]:
+    """The arguments of /proc/<pid>/cmdline (NUL-separated), boundaries kept, undecodable bytes replaced.
+
+    No guessing: a process that rewrote its arguments as one space-joined string (setproctitle) has one
+    argument. At most MAX_ARGS are kept."""
+    if not raw:
+        return []
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0", MAX_ARGS)[:MAX_ARGS]]
+
+
+def parse_exe(target: str) -> tuple[str, ExeStatus]:
+    """The executable and its status from the text of /proc/<pid>/exe: ` (deleted)` marks a removed file."""
+    if target.endswith(_DELETED):
+        return target[: -len(_DELETED)], "deleted"
+    return target, "ok"
+
+
+_CONTAINER_ID = re.compile(r"(?:^|[-/:])([0-9a-f]{64})(?:\.scope)?$")
+_NOT_A_CONTAINER = ("crio-conmon-",)
+
+
+def parse_container_id(text: str) -> str:
+    """The container id in /proc/<pid>/cgroup, or "" when there is none.
+
+    The id is the 64-hex-digit last component of a cgroup path, in the forms of containerd
+    (`.../<id>` under cgroupfs, `cri-containerd-<id>.scope` under systemd), CRI-O (`crio-<id>.scope`)
+    and Docker (`docker-<id>.scope`, `/docker/<id>`). The cgroup v2 line (`0::`) is preferred, then the
+    first v1 line with one. Inside a private cgroup namespace (the default with cgroup v2) the path is
+    `/` and there is no id to find.
+    """
+    found = ""
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        _controllers, _, path = rest.partition(":")
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last.startswith(_NOT_A_CONTAINER):
+            continue
+        match = _CONTAINER_ID.search(last)
+        if match is None:
+            continue
+        if hierarchy == "0":
+            return match.group(1)
+        found = found or match.group(1)
+    return found
+
+
+def stream_kind(target: str) -> StdStream:
+    """What a standard stream is, from the text of its /proc/<pid>/fd/N link."""
+    inode = parse_socket_inode(target)
+    if inode is not None:
+        return StdStream(kind="socket", target=target, inode=inode)
+    if target.startswith("pipe:["):
+        return StdStream(kind="pipe", target=target)
+    if target.startswith(("/dev/pts/", "/dev/tty", "/dev/console", "/dev/ptmx")):
+        return StdStream(kind="tty", target=target)
+    if target.startswith(("anon_inode:", "socket:")):
+        return StdStream(kind="anon" if target.startswith("anon_inode:") else "unknown", target=target)
+    return StdStream(kind="file", target=target)
+
+
+def read_boot_time(proc_root: str) -> float | None:
+    """btime (Unix seconds at boot) from proc_root/stat; None where there is none (a fake tree)."""
+    try:
+        with open(f"{proc_root}/stat", "rb") as f:
+            for line in f.read(1 << 20).splitlines():
+                if line.startswith(b"btime "):
+                    return float(int(line.split()[1]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def parse_socket_inode(target: str) -> int | None:
@@ -124,18 +228,23 @@ def list_pids(proc_root: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(proc_root) if name.isascii() and name.isdigit())
 
 
-def stat_signature(text: str) -> tuple[str, str, str]:
-    """What `parse_stat` reads, unconverted: (pid and comm up to the last ')', ppid, starttime).
+Signature = tuple[str, str, str, tuple[str, ...]]
+
+
+def stat_signature(text: str) -> Signature:
+    """What `parse_stat` reads that names a process image, unconverted: (pid and comm up to the last ')',
+    ppid, starttime, image addresses).
 
     Two stat texts of which `parse_stat` accepts the first have equal signatures only if it returns
-    the same for both (the state field aside: check that it is one character). The other fields (CPU
-    times, memory) change all the time and are not compared. ("", "", "") when there are too few fields.
+    the same pid, comm, ppid, starttime and image for both (the state field aside: check that it is one
+    character). CPU times are compared on their own; memory and the rest change all the time and are not
+    read. ("", "", "", ()) when there are too few fields.
     """
     cut = text.rfind(")")
-    rest = text[cut + 1 :].split(None, 20)
+    rest = text[cut + 1 :].split()
     if len(rest) < 20:
-        return ("", "", "")
-    return (text[:cut], rest[1], rest[19])
+        return ("", "", "", ())
+    return (text[:cut], rest[1], rest[19], _image(rest))
 
 
 @dataclass(slots=True)
@@ -145,6 +254,14 @@ class _Known:
     record: ProcessRecord
     comm: str
     fd_count: int
+    base: ProcessInfo | None = None
+    """The process as _read_info read it (no CPU time, no streams): `record.info` is this plus those."""
+    cpu_ticks: int = -1
+    streams: tuple[str | None, str | None, str | None] = (None, None, None)
+    """The link texts of fd 0, 1 and 2 at the last fd scan; "" for a closed one, None when unreadable."""
+    fresh_base: ProcessInfo | None = None
+    fresh_streams: tuple[str | None, str | None, str | None] | None = None
+    """The base and streams record.info was composed from."""
     """st_size of /proc/<pid>/fd at the last fd scan: the number of open fds (Linux 6.2+; else constant)."""
     sockets: tuple[int, ...] = ()
     devices: tuple[str, ...] = ()
@@ -153,7 +270,7 @@ class _Known:
     """/proc/<pid>/stat kept open: re-read with pread, no path lookup; ESRCH once the process is gone."""
     dir_fd: int = -1
     """/proc/<pid>/fd kept open: fstat gives the fd count, links are read relative to it."""
-    stat_sig: tuple[str, str, str] = ("", "", "")
+    stat_sig: Signature = ("", "", "", ())
     """`stat_signature` of the stat text this entry was made from."""
 
 
@@ -187,8 +304,13 @@ class ProcessWatcher:
         max_fds: int = 65536,
         exclude_device_holder: int | None = None,
         refresh_every: int = 20,
+        container_names: dict[str, str] | None = None,
     ) -> None:
         self.proc_root = proc_root
+        self.container_names = dict(container_names or {})
+        """Container id -> its name in the pod, where the sensor was told (`--container-name`)."""
+        self._boot_time = read_boot_time(proc_root)
+        self._exe_denied: set[int] = set()
         self.max_processes = max_processes
         self.max_fds = max_fds
         self.exclude_device_holder = exclude_device_holder
@@ -215,13 +337,13 @@ class ProcessWatcher:
         try:
             pids = self._list_pids()
         except OSError as exc:
-            result.errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}: {exc.strerror or exc}"))
+            result.errors.append(error(SensorErrorKind.PROC_READ, f"{self.proc_root}: {exc.strerror or exc}"))
             return result
         result.seen = len(pids)
         if len(pids) > self.max_processes:
             result.errors.append(
-                SensorError(
-                    ErrorKind.PROCESS_CAP,
+                error(
+                    SensorErrorKind.PROCESS_CAP,
                     f"{len(pids)} processes, only the first {self.max_processes} (lowest pids) are reported",
                 )
             )
@@ -246,32 +368,35 @@ class ProcessWatcher:
                 else:
                     text = raw.decode("utf-8", "replace")
                     cut = text.rfind(")")
-                    rest = text[cut + 1 :].split(None, 20)
+                    rest = text[cut + 1 :].split()
                     sig = prev.stat_sig
                     if (
                         len(rest) >= 20
                         and rest[19] == sig[2]
                         and rest[1] == sig[1]
                         and text[:cut] == sig[0]
+                        and _image(rest) == sig[3]
                         and len(rest[0]) == 1
                         and self._held <= self.max_held
+                        and rest[11].isdigit()
+                        and rest[12].isdigit()
                     ):
+                        prev.cpu_ticks = int(rest[11]) + int(rest[12])
                         try:
                             fd_count = fstat(prev.dir_fd).st_size
                         except OSError:
                             fd_count = -2  # _check_fds finds it gone
-                        if fd_count == prev.fd_count:
-                            known[pid] = prev
-                            continue
-                        checked = self._check_fds(pid, prev, budget, fresh, result.errors)
+                        checked: _Known | None = prev
+                        if fd_count != prev.fd_count:
+                            checked = self._check_fds(pid, prev, budget, fresh, result.errors)
                         if checked is not None:
-                            known[pid] = checked
+                            known[pid] = self._compose(checked)
                         continue
             entry = self._observe(
                 pid, prev, refresh=pid % every == phase, budget=budget, fresh=fresh, errors=result.errors, raw=raw
             )
             if entry is not None:
-                known[pid] = entry
+                known[pid] = self._compose(entry)
         changed = self._dirty or known.keys() != self._known.keys()
         self._dirty = False
         for pid, entry in self._known.items():
@@ -300,17 +425,27 @@ class ProcessWatcher:
         result.processes = [entry.record for entry in known.values()]
         if budget.left <= 0:
             result.errors.append(
-                SensorError(
-                    ErrorKind.FD_CAP,
+                error(
+                    SensorErrorKind.FD_CAP,
                     f"more than {self.max_fds} open files: some socket and GPU owners unknown",
+                )
+            )
+        exe_denied = sorted(self._exe_denied & known.keys())
+        self._exe_denied = set(exe_denied)
+        if exe_denied:
+            shown = ", ".join(str(p) for p in exe_denied[:8]) + (", ..." if len(exe_denied) > 8 else "")
+            result.errors.append(
+                error(
+                    SensorErrorKind.PROC_PERMISSION,
+                    f"cannot read the executable of {len(exe_denied)} processes ({shown}): exeStatus unreadable",
                 )
             )
         denied = [pid for pid, entry in known.items() if entry.denied]
         if denied:
             shown = ", ".join(str(p) for p in denied[:8]) + (", ..." if len(denied) > 8 else "")
             result.errors.append(
-                SensorError(
-                    ErrorKind.PROC_PERMISSION,
+                error(
+                    SensorErrorKind.PROC_PERMISSION,
                     f"cannot read the open files of {len(denied)} processes ({shown}): "
                     "their sockets and GPUs are unattributed",
                 )
@@ -355,37 +490,39 @@ class ProcessWatcher:
             except OSError as exc:
                 self._close(opened)
                 if exc.errno not in _GONE:
-                    errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
+                    errors.append(error(SensorErrorKind.PROC_READ, f"{base}/stat: {exc.strerror}"))
                 return None
         text = raw.decode("utf-8", "replace")
         try:
-            _, comm, ppid, starttime = parse_stat(text)
+            stat = parse_stat(text)
         except ValueError as exc:
             self._close(opened)
-            errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/stat: unparsable ({exc})"))
+            errors.append(error(SensorErrorKind.PROC_READ, f"{base}/stat: unparsable ({exc})"))
             return None
+        comm, ppid, starttime = stat.comm, stat.ppid, stat.starttime
         reread = True
         if prev is not None and prev.record.starttime == starttime:
             entry = prev
-            reread = refresh or prev.comm != comm  # the rolling refresh, or an exec
+            # the rolling refresh, or an exec: a new comm, or a new image (its addresses change at every exec)
+            reread = refresh or prev.comm != comm or prev.stat_sig[3] != stat.image
             if reread:
-                info = self._read_info(pid, comm, ppid, errors, prev.record.info)
+                info = self._read_info(pid, stat, errors, prev.base)
                 if info is None:
                     self._close(opened)
                     return None
-                if info is not prev.record.info:
-                    entry.record = ProcessRecord(info, starttime)
+                entry.base = info
                 entry.comm, entry.fd_count = comm, -1
-            elif prev.record.info.ppid != ppid:  # reparented: its parent exited
-                entry.record = ProcessRecord(prev.record.info.model_copy(update={"ppid": ppid}), starttime)
+            elif entry.base is not None and entry.base.ppid != ppid:  # reparented: its parent exited
+                entry.base = entry.base.model_copy(update={"ppid": ppid})
         else:
             if prev is not None:
                 self._release(prev)
-            info = self._read_info(pid, comm, ppid, errors)
+            info = self._read_info(pid, stat, errors)
             if info is None:
                 self._close(opened)
                 return None
-            entry = _Known(ProcessRecord(info, starttime), comm, -1)
+            entry = _Known(ProcessRecord(info, starttime), comm, -1, base=info)
+        entry.cpu_ticks = stat.cpu_ticks
         if opened >= 0:
             entry.stat_fd = self._hold(opened)
         entry.stat_sig = stat_signature(text)
@@ -412,7 +549,7 @@ class ProcessWatcher:
                         entry.sockets, entry.devices = (), ()
                         self._dirty = True
                 else:
-                    errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                    errors.append(error(SensorErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
                 return entry
         try:
             fd_count = os.fstat(entry.dir_fd).st_size
@@ -453,29 +590,72 @@ class ProcessWatcher:
         with contextlib.suppress(Exception):
             self.close()
 
+    def _compose(self, entry: _Known) -> _Known:
+        """entry with record.info brought up to date with its base, CPU time and streams (the very same
+        object when nothing changed, so that its JSON, cached by the SampleEncoder, is reused)."""
+        base = entry.base
+        if base is None:
+            return entry
+        info = entry.record.info
+        cpu = round(entry.cpu_ticks / CLOCK_TICKS, 2) if entry.cpu_ticks >= 0 else None
+        streams = entry.streams
+        if entry.fresh_base is base and info.cpu_seconds == cpu and entry.fresh_streams is streams:
+            return entry
+        stdin, stdout, stderr = (
+            None if target is None else (StdStream(kind="closed") if target == "" else stream_kind(target))
+            for target in streams
+        )
+        update = {"cpu_seconds": cpu, "stdin": stdin, "stdout": stdout, "stderr": stderr}
+        entry.record = ProcessRecord(base.model_copy(update=update), entry.record.starttime)
+        entry.fresh_base, entry.fresh_streams = base, streams
+        return entry
+
     def _read_info(
-        self, pid: int, comm: str, ppid: int, errors: list[SensorError], last: ProcessInfo | None = None
+        self, pid: int, stat: Stat, errors: list[SensorError], last: ProcessInfo | None = None
     ) -> ProcessInfo | None:
-        """pid's entry, or None when it is gone; `last` itself when nothing changed (so that its JSON,
-        cached by the SampleEncoder, is reused)."""
+        """pid's entry without CPU time and streams, or None when it is gone; `last` itself when nothing
+        changed."""
         base = f"{self.proc_root}/{pid}"
         try:
             status_text = _read_file(f"{base}/status", MAX_FILE_BYTES).decode("utf-8", "replace")
             cmdline_raw = _read_file(f"{base}/cmdline", MAX_CMDLINE_BYTES)
         except OSError as exc:
             if exc.errno not in _GONE:
-                errors.append(SensorError(ErrorKind.PROC_READ, f"{base}: {exc.strerror}"))
+                errors.append(error(SensorErrorKind.PROC_READ, f"{base}: {exc.strerror}"))
             return None
         try:
             uid = parse_status_uid(status_text)
         except ValueError as exc:
-            errors.append(SensorError(ErrorKind.PROC_READ, f"{base}/status: unparsable ({exc})"))
+            errors.append(error(SensorErrorKind.PROC_READ, f"{base}/status: unparsable ({exc})"))
             uid = -1
-        cmdline = parse_cmdline(cmdline_raw)
-        fields = (pid, ppid, comm, cmdline, uid)
-        if last is not None and (last.pid, last.ppid, last.name, last.cmdline, last.uid) == fields:
+        exe_status: ExeStatus
+        try:
+            exe, exe_status = parse_exe(os.readlink(f"{base}/exe"))
+            self._exe_denied.discard(pid)
+        except OSError as exc:
+            exe, exe_status = "", "unreadable"
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                self._exe_denied.add(pid)
+        try:
+            container_id = parse_container_id(_read_file(f"{base}/cgroup", MAX_FILE_BYTES).decode("utf-8", "replace"))
+        except OSError:
+            container_id = ""
+        boot = self._boot_time
+        fields = {
+            "pid": pid,
+            "ppid": stat.ppid,
+            "uid": uid,
+            "name": stat.comm,
+            "exe": exe,
+            "exe_status": exe_status,
+            "argv": parse_cmdline(cmdline_raw),
+            "container_id": container_id,
+            "container": self.container_names.get(container_id, "") if container_id else "",
+            "start_time": None if boot is None else round(boot + stat.starttime / CLOCK_TICKS, 2),
+        }
+        if last is not None and all(getattr(last, k) == v for k, v in fields.items()):
             return last
-        return ProcessInfo(pid=pid, ppid=ppid, name=comm, cmdline=cmdline, uid=uid)
+        return ProcessInfo(**fields)
 
     def _rescan_fds(self, pid: int, entry: _Known, budget: _FdBudget, errors: list[SensorError]) -> None:
         """Read pid's fd links: the sockets and /dev/nvidia* it holds go into entry."""
@@ -488,13 +668,15 @@ class ProcessWatcher:
                 if exc.errno in (errno.EACCES, errno.EPERM):
                     entry.denied = True
                 elif exc.errno not in _GONE:
-                    errors.append(SensorError(ErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                    errors.append(error(SensorErrorKind.PROC_READ, f"{self.proc_root}/{pid}/fd: {exc.strerror}"))
+                entry.streams = (None, None, None)
                 if entry.sockets or entry.devices:
                     entry.sockets, entry.devices = (), ()
                     self._dirty = True
                 return
         sockets: list[int] = []
         devices: list[str] = []
+        streams: list[str | None] = ["", "", ""]
         readlink = os.readlink
         count_devices = pid != self.exclude_device_holder
         tried = 0
@@ -502,6 +684,8 @@ class ProcessWatcher:
             names = os.listdir(fd_dir)
             if len(names) > budget.left:
                 names = names[: max(budget.left, 0)]
+                # Over the fd budget: a standard stream not read is unknown, not closed.
+                streams = [None if str(fd) not in names else "" for fd in range(3)]
             for fd_name in names:
                 tried += 1
                 try:
@@ -511,6 +695,8 @@ class ProcessWatcher:
                         entry.denied = True
                         break
                     continue  # closed since the listing, or not a link in a fake tree
+                if fd_name in _STD_FDS:
+                    streams[_STD_FDS[fd_name]] = target
                 if target.startswith(_SOCKET_PREFIX):
                     inode = parse_socket_inode(target)
                     if inode is not None:
@@ -524,6 +710,11 @@ class ProcessWatcher:
             budget.left -= tried
             if fd_dir != entry.dir_fd:
                 os.close(fd_dir)
+        if entry.denied:
+            streams = [None, None, None]
+        found_streams = (streams[0], streams[1], streams[2])
+        if found_streams != entry.streams:
+            entry.streams = found_streams
         found_sockets, found_devices = tuple(sockets), tuple(sorted(set(devices)))
         if found_sockets != entry.sockets or found_devices != entry.devices:
             entry.sockets, entry.devices = found_sockets, found_devices

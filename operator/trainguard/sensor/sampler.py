@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from trainguard import __version__
-from trainguard.api.sample import Connection, ListeningSocket, ProcessInfo, Sample, SensorInfo
-from trainguard.sensor import processes, sockets
+from trainguard.api.sample import Connection, ListeningSocket, ProcessInfo, Sample, SensorInfo, UnconnectedSocket
+from trainguard.sensor import processes, sockdiag, sockets
 from trainguard.sensor.attribution import GpuAttributor
-from trainguard.sensor.errors import ErrorKind, SensorError, render
+from trainguard.sensor.errors import SensorError, SensorErrorKind, error, render
 from trainguard.sensor.gpu import GpuReading, GpuSource
 
 T = TypeVar("T")
@@ -44,7 +44,12 @@ class SamplerSettings:
     max_processes: int = 4096
     """At most this many processes per sample (`--max-processes`); more is a `process_cap` error."""
     max_connections: int = 4096
-    """At most this many listening sockets, and as many connections, per sample (`--max-connections`)."""
+    """At most this many listening sockets, as many connections and as many unconnected sockets per sample
+    (`--max-connections`)."""
+    socket_reader: str = "netlink"
+    """`netlink` (sock_diag, /proc/net where refused) or `proc` (/proc/net only) (`--socket-reader`)."""
+    container_names: dict[str, str] = field(default_factory=dict)
+    """Container id -> name in the pod (`--container-name NAME=ID`); the sensor cannot ask the API server."""
     refresh_every: int = 20
     """Every process is re-read in full (status, cmdline, fd links) at least once per this many ticks."""
     max_fds: int = 65536
@@ -65,6 +70,8 @@ class HostState:
     device_holders: dict[str, set[int]]
     listening: list[ListeningSocket]
     connections: list[Connection]
+    unconnected: list[UnconnectedSocket]
+    reader: str
     errors: list[SensorError]
 
 
@@ -78,22 +85,27 @@ class HostCollector:
             max_fds=settings.max_fds,
             exclude_device_holder=settings.own_pid,
             refresh_every=settings.refresh_every,
+            container_names=settings.container_names,
         )
-        self._sockets = sockets.SocketWatcher(settings.proc_root, max_sockets=settings.max_connections)
+        self._sockets = sockdiag.SocketSource(settings.proc_root, prefer=settings.socket_reader)
+        self._book = sockets.SocketBook(max_sockets=settings.max_connections)
 
     def close(self) -> None:
         self._processes.close()
+        self._sockets.close()
 
     def collect(self) -> HostState:
-        inodes, net_errors = self._sockets.read()
-        scan = self._processes.scan(inodes)
-        net = self._sockets.classify(scan.socket_owners)
+        read = self._sockets.read()
+        scan = self._processes.scan(read.inodes())
+        net = self._book.classify(read, scan.socket_owners)
         return HostState(
             processes=scan.processes,
             device_holders=scan.device_holders,
             listening=net.listening,
             connections=net.connections,
-            errors=scan.errors + net_errors + net.errors,
+            unconnected=net.unconnected,
+            reader=read.reader,
+            errors=scan.errors + net.errors,
         )
 
 
@@ -175,16 +187,16 @@ class Sampler:
         errors: list[SensorError] = []
         if not host_fresh:
             errors.append(
-                SensorError(
-                    ErrorKind.PROC_STALE,
+                error(
+                    SensorErrorKind.PROC_STALE,
                     f"/proc collection overran {self.settings.deadline_s:.3g}s: "
                     + ("previous processes and sockets repeated" if host else "no process data yet"),
                 )
             )
         if not gpu_fresh:
             errors.append(
-                SensorError(
-                    ErrorKind.GPU_STALE,
+                error(
+                    SensorErrorKind.GPU_STALE,
                     f"GPU collection overran {self.settings.deadline_s:.3g}s: "
                     + ("previous GPU state repeated" if reading else "no GPU data yet"),
                 )
@@ -195,6 +207,8 @@ class Sampler:
         process_infos: list[ProcessInfo] = []
         listening: list[ListeningSocket] = []
         connections: list[Connection] = []
+        unconnected: list[UnconnectedSocket] = []
+        reader = "none"
         if host is not None:
             errors.extend(host.errors)
             gpus, attribution_errors = self._attributor.attribute(
@@ -204,6 +218,8 @@ class Sampler:
             process_infos = [p.info for p in host.processes]
             listening = host.listening
             connections = host.connections
+            unconnected = host.unconnected
+            reader = host.reader
         sample = Sample(
             ts=ts,
             pod=self.settings.pod,
@@ -212,7 +228,8 @@ class Sampler:
             processes=process_infos,
             listening=listening,
             connections=connections,
-            sensor=SensorInfo(version=__version__, errors=render(errors)),
+            unconnected=unconnected,
+            sensor=SensorInfo(version=__version__, reader=reader, errors=render(errors)),
         )
         self._seq += 1
         return sample, errors

@@ -1,6 +1,9 @@
-"""Listening sockets and connections of the pod, from /proc/net/{tcp,tcp6,udp,udp6}.
+"""The pod's sockets from the /proc/net tables, and how any socket becomes a sample's entry.
 
-The pod has one network namespace, so these tables are the pod's. A line looks like
+The pod has one network namespace, so these tables are the pod's. The netlink reader
+(`sockdiag.py`) is the first choice; these tables are its fallback where netlink is refused, and
+the source of what the kernel has no socket diagnostics for (ICMP echo sockets always, raw sockets
+where the kernel lacks raw_diag). A line of tcp, udp, raw or icmp (and their `6` tables) looks like
 
     sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
      0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 41234 ...
@@ -12,18 +15,19 @@ comes from the socket's inode, found in some /proc/<pid>/fd (see `processes.scan
 
 from __future__ import annotations
 
-import operator
 import os
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from trainguard.api.sample import Connection, ListeningSocket
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.api.sample import Connection, Endpoint, ListeningSocket, UnconnectedSocket
+from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 
-TABLES = ("tcp", "tcp6", "udp", "udp6")
+TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "icmp", "icmp6")
+"""The tables with the tcp/udp columns; their names are the contract's `proto` values."""
 
 TCP_STATES = {
     1: "ESTABLISHED",
@@ -67,6 +71,7 @@ class SocketScan:
 
     listening: list[ListeningSocket] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
+    unconnected: list[UnconnectedSocket] = field(default_factory=list)
     errors: list[SensorError] = field(default_factory=list)
 
 
@@ -140,43 +145,77 @@ def parse_table(
         try:
             entry = parse_fields(fields, proto, byteorder)
         except ValueError as exc:
-            errors.append(SensorError(ErrorKind.NET_READ, f"/proc/net/{proto} line {number}: unparsable ({exc})"))
+            errors.append(error(SensorErrorKind.NET_READ, f"/proc/net/{proto} line {number}: unparsable ({exc})"))
             continue
         entries.append(entry)
     return entries, errors
 
 
+_STREAM = frozenset({"tcp", "tcp6", "sctp", "sctp6"})
+"""Protocols whose sockets listen; every other kind of socket can send without a peer."""
+
+_NO_PORT = frozenset({"raw", "raw6", "packet"})
+"""Protocols without ports: the kernel writes the IP protocol (raw) or nothing in the port column."""
+
+
 def _is_unspecified(address: str) -> bool:
-    return address in ("0.0.0.0", "::")
+    return address in ("0.0.0.0", "::", "")
 
 
-def _hostport(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+SocketObject = ListeningSocket | Connection | UnconnectedSocket | None
+"""What one entry with one owner becomes in a sample (None: a stream socket neither listening nor connected)."""
+
+Counters = tuple[int, int]
+"""(bytes acknowledged by the peer, bytes received): tcp_info's bytes_acked and bytes_received."""
 
 
-SocketObject = ListeningSocket | Connection | None
-"""What one entry with one owner becomes in a sample (None: neither listening nor connected)."""
+def kind_of(entry: SocketEntry) -> str:
+    """Which list of the sample an entry belongs to: `listening`, `connection`, `unconnected`, or `none`.
 
-
-def to_object(entry: SocketEntry, pid: int | None) -> SocketObject:
-    """The sample's view of one socket.
-
-    TCP: LISTEN is listening; any other state with a remote is a connection (TIME_WAIT ones have no
-    inode, so no owner). UDP: bound with no remote is listening; a remote makes it a connection (the
-    kernel says ESTABLISHED). A TCP socket bound but neither listening nor connected is None.
+    Stream sockets (TCP, SCTP): LISTEN is listening; any other state with a remote is a connection
+    (TIME_WAIT ones have no inode, so no owner); bound but neither is none. Every other socket (UDP,
+    raw, ICMP echo, packet) with a remote is a connection (the kernel says ESTABLISHED), without one it
+    is unconnected: it can still send with sendto(), so it is never a listener.
     """
-    is_tcp = entry.proto.startswith("tcp")
     no_remote = entry.remote_port == 0 and _is_unspecified(entry.remote_address)
-    if (is_tcp and entry.state == LISTEN) or (not is_tcp and no_remote):
-        return ListeningSocket(proto=entry.proto, address=entry.local_address, port=entry.local_port, pid=pid)
-    if no_remote:
+    if entry.proto in _STREAM:
+        if entry.state == LISTEN:
+            return "listening"
+        return "none" if no_remote else "connection"
+    return "unconnected" if no_remote else "connection"
+
+
+def _local(entry: SocketEntry) -> Endpoint:
+    port = 0 if entry.proto in _NO_PORT else entry.local_port
+    return Endpoint(address=entry.local_address, port=port)
+
+
+def to_object(
+    entry: SocketEntry,
+    pid: int | None,
+    counters: Counters | None = None,
+    first_seen: float | None = None,
+) -> SocketObject:
+    """The sample's view of one socket (see `kind_of`)."""
+    kind = kind_of(entry)
+    inode = entry.inode or None
+    if kind == "listening":
+        return ListeningSocket(proto=entry.proto, local=_local(entry), pid=pid, inode=inode)
+    if kind == "unconnected":
+        return UnconnectedSocket(proto=entry.proto, local=_local(entry), pid=pid, inode=inode)
+    if kind == "none":
         return None
+    remote_port = 0 if entry.proto in _NO_PORT else entry.remote_port
     return Connection(
         proto=entry.proto,
-        local=_hostport(entry.local_address, entry.local_port),
-        remote=_hostport(entry.remote_address, entry.remote_port),
-        state=TCP_STATES.get(entry.state, f"0x{entry.state:02X}"),
+        local=_local(entry),
+        remote=Endpoint(address=entry.remote_address, port=remote_port),
+        state=TCP_STATES.get(entry.state, "CLOSE"),
         pid=pid,
+        inode=inode,
+        bytes_sent=None if counters is None else counters[0],
+        bytes_received=None if counters is None else counters[1],
+        first_seen=first_seen,
     )
 
 
@@ -186,7 +225,8 @@ def classify(
     *,
     max_sockets: int,
 ) -> SocketScan:
-    """Split entries into listening sockets and connections with owners; at most max_sockets of each."""
+    """Split entries into the sample's lists with owners (no counters, no first sighting); at most max_sockets of
+    each."""
     return _split(
         (to_object(entry, owners.get(entry.inode) if entry.inode else None) for entry in entries), max_sockets
     )
@@ -194,28 +234,98 @@ def classify(
 
 def _split(objects: Iterable[SocketObject], max_sockets: int) -> SocketScan:
     result = SocketScan()
-    dropped_listening = dropped_connections = 0
+    dropped = {"listening": 0, "connections": 0, "unconnected": 0}
     for obj in objects:
         if obj is None:
             continue
-        if isinstance(obj, ListeningSocket):
-            if len(result.listening) >= max_sockets:
-                dropped_listening += 1
-            else:
-                result.listening.append(obj)
-        elif len(result.connections) >= max_sockets:
-            dropped_connections += 1
+        if isinstance(obj, Connection):
+            target, name = result.connections, "connections"
+        elif isinstance(obj, ListeningSocket):
+            target, name = result.listening, "listening"  # type: ignore[assignment]
         else:
-            result.connections.append(obj)
-    if dropped_listening or dropped_connections:
+            target, name = result.unconnected, "unconnected"  # type: ignore[assignment]
+        if len(target) >= max_sockets:
+            dropped[name] += 1
+        else:
+            target.append(obj)  # type: ignore[arg-type]
+    if any(dropped.values()):
         result.errors.append(
-            SensorError(
-                ErrorKind.CONNECTION_CAP,
-                f"more than {max_sockets} sockets: {dropped_listening} listening and "
-                f"{dropped_connections} connections left out",
+            error(
+                SensorErrorKind.CONNECTION_CAP,
+                f"more than {max_sockets} sockets of one kind: "
+                + ", ".join(f"{count} {name}" for name, count in dropped.items() if count)
+                + " left out",
             )
         )
     return result
+
+
+@dataclass(slots=True)
+class SocketRead:
+    """What one reader saw at one tick."""
+
+    reader: str
+    """`netlink` or `proc` (the contract's `sensor.reader`)."""
+    entries: list[SocketEntry] = field(default_factory=list)
+    counters: list[Counters | None] = field(default_factory=list)
+    """Per entry (same order), its byte counts where the reader has them (netlink TCP), else None."""
+    errors: list[SensorError] = field(default_factory=list)
+
+    def inodes(self) -> set[int]:
+        return {entry.inode for entry in self.entries if entry.inode}
+
+
+AgeKey = tuple[str, str, int, str, int, int]
+
+
+class SocketBook:
+    """Turns each tick's read into the sample's lists, remembering when each connection was first seen.
+
+    `firstSeen` is when *this sensor* first saw a connection (the kernel keeps no start time for a
+    socket): a sensor restart sees every connection anew. A connection is the same while its protocol,
+    endpoints and inode are (a state change keeps its first sighting; ESTABLISHED -> TIME_WAIT, which
+    drops the inode, is a new one). An object is reused while its entry, owner and byte counts are the
+    same (its JSON is then reused too): an idle connection costs a few dictionary look-ups per tick.
+    Only what the last tick saw is remembered.
+    """
+
+    def __init__(self, *, max_sockets: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        self.max_sockets = max_sockets
+        self._clock = clock
+        self._first_seen: dict[AgeKey, float] = {}
+        self._reused: dict[int, tuple[SocketEntry, int | None, Counters | None, SocketObject]] = {}
+        """id(entry) -> (entry, owner, counters, object) of the last tick. The readers hand over the very same
+        entry objects for a socket they saw before; the entry is kept, so its id cannot be another's."""
+
+    def classify(self, read: SocketRead, owners: dict[int, int]) -> SocketScan:
+        now = round(self._clock(), 3)
+        last_seen, last_reused = self._first_seen, self._reused.get
+        first_seen: dict[AgeKey, float] = {}
+        reused: dict[int, tuple[SocketEntry, int | None, Counters | None, SocketObject]] = {}
+        objects: list[SocketObject] = []
+        append = objects.append
+        owner = owners.get
+        counters = read.counters or [None] * len(read.entries)
+        for entry, counted in zip(read.entries, counters, strict=True):
+            pid = owner(entry.inode) if entry.inode else None
+            hit = last_reused(id(entry))
+            if hit is not None and hit[0] is entry and hit[1] == pid and hit[2] == counted:
+                obj = hit[3]
+                if isinstance(obj, Connection):
+                    first_seen[(entry.proto, *entry[1:5], entry.inode)] = obj.first_seen  # type: ignore[assignment]
+            elif kind_of(entry) == "connection":
+                key: AgeKey = (entry.proto, *entry[1:5], entry.inode)
+                seen = last_seen.get(key, now)
+                first_seen[key] = seen
+                obj = to_object(entry, pid, counted, seen)
+            else:
+                obj = to_object(entry, pid)
+            reused[id(entry)] = (entry, pid, counted, obj)
+            append(obj)
+        self._first_seen, self._reused = first_seen, reused
+        result = _split(objects, self.max_sockets)
+        result.errors[:0] = read.errors
+        return result
 
 
 def _read_bounded(path: str, limit: int) -> bytes:
@@ -235,17 +345,19 @@ def _read_bounded(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def _read_tables(proc_root: str, errors: list[SensorError]) -> Iterator[tuple[str, str, bytes]]:
+def _read_tables(
+    proc_root: str, errors: list[SensorError], tables: Iterable[str] = TABLES
+) -> Iterator[tuple[str, str, bytes]]:
     """(proto, path, raw bytes) of each table that exists; a missing one (no IPv6) is skipped, an unreadable
     one becomes an error entry."""
-    for proto in TABLES:
+    for proto in tables:
         path = f"{proc_root}/net/{proto}"
         try:
             raw = _read_bounded(path, MAX_TABLE_BYTES)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            errors.append(SensorError(ErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
+            errors.append(error(SensorErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
             continue
         yield proto, path, raw
 
@@ -254,27 +366,59 @@ def read_tables(
     proc_root: str = "/proc",
     byteorder: Byteorder = HOST_ORDER,
 ) -> tuple[list[SocketEntry], list[SensorError]]:
-    """Every entry of proc_root/net/{tcp,tcp6,udp,udp6}; a missing table (no IPv6) is not an error."""
+    """Every entry of the tables (TABLES and /proc/net/packet); a missing table (no IPv6) is not an error."""
     entries: list[SocketEntry] = []
     errors: list[SensorError] = []
     for proto, _path, raw in _read_tables(proc_root, errors):
         found, bad = parse_table(raw.decode("ascii", "replace"), proto, byteorder)
         entries.extend(found)
         errors.extend(bad)
+    entries.extend(read_packet_table(proc_root, errors))
     return entries, errors
 
 
-class _Slot:
-    """One socket as the watcher remembers it: the decoded line and the object built for its owner."""
+def parse_packet_table(text: str, path: str = "/proc/net/packet") -> tuple[list[SocketEntry], list[SensorError]]:
+    """/proc/net/packet: `sk RefCnt Type Proto Iface R Rmem User Inode`, one packet socket a line."""
+    entries: list[SocketEntry] = []
+    errors: list[SensorError] = []
+    for number, line in enumerate(text.splitlines()[1:], start=2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 9 or not (fields[8].isascii() and fields[8].isdigit()):
+            errors.append(error(SensorErrorKind.NET_READ, f"{path} line {number}: unparsable"))
+            continue
+        entries.append(packet_entry(int(fields[8])))
+    return entries, errors
 
-    __slots__ = ("entry", "inode", "key", "obj", "pid")
+
+def packet_entry(inode: int) -> SocketEntry:
+    """An AF_PACKET socket: no address, no port, no peer."""
+    return SocketEntry("packet", "", 0, "", 0, CLOSE, inode)
+
+
+def read_packet_table(proc_root: str, errors: list[SensorError]) -> list[SocketEntry]:
+    path = f"{proc_root}/net/packet"
+    try:
+        raw = _read_bounded(path, MAX_TABLE_BYTES)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        errors.append(error(SensorErrorKind.NET_READ, f"{path}: {exc.strerror or exc}"))
+        return []
+    entries, bad = parse_packet_table(raw.decode("ascii", "replace"), path)
+    errors.extend(bad)
+    return entries
+
+
+class _Slot:
+    """One socket as the watcher remembers it: the decoded line."""
+
+    __slots__ = ("entry", "key")
 
     def __init__(self, entry: SocketEntry, key: EntryKey) -> None:
         self.entry = entry
         self.key = key
-        self.inode = entry.inode
-        self.pid: int | None = -1  # no object built yet
-        self.obj: SocketObject = None
 
 
 @dataclass(slots=True)
@@ -285,61 +429,57 @@ class _Table:
     lines: dict[str, _Slot] = field(default_factory=dict)
     """Raw line -> its socket: an idle socket prints the very same line tick after tick."""
     keys: dict[EntryKey, _Slot] = field(default_factory=dict)
-    slots: list[_Slot] = field(default_factory=list)
+    entries: list[SocketEntry] = field(default_factory=list)
     """In table order."""
     errors: list[SensorError] = field(default_factory=list)
 
 
 class SocketWatcher:
-    """Reads the tables once per tick, decoding only lines and building only objects that are new.
+    """Reads /proc/net tables once per tick, decoding only lines that are new.
 
     A table byte for byte the same as at the last tick is not even split into lines. A line the same
     as one of the last tick's is not split into fields. A line whose queue, timer or retransmit columns
     changed (most ESTABLISHED sockets, every tick) is split once and known by its addresses, state and
-    inode: only a line with a new one of those is decoded. When the tick's sockets are the last tick's,
-    in the same order, and their owners are too, the last tick's lists are returned again (copies of
-    them, holding the same objects). Memory is bounded: only the current tick's sockets are kept.
+    inode: only a line with a new one of those is decoded. Memory is bounded: only the current tick's
+    sockets are kept. `tables` are the tcp-style tables to read; `packet` adds /proc/net/packet.
     """
 
-    def __init__(self, proc_root: str = "/proc", *, max_sockets: int = 4096, byteorder: Byteorder = HOST_ORDER) -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        *,
+        tables: Iterable[str] = TABLES,
+        packet: bool = True,
+        byteorder: Byteorder = HOST_ORDER,
+    ) -> None:
         self.proc_root = proc_root
-        self.max_sockets = max_sockets
+        self.tables = tuple(tables)
+        self.packet = packet
         self.byteorder = byteorder
         self._tables: dict[str, _Table] = {}
-        self._current: list[_Slot] = []
-        self._inodes: set[int] = set()
-        self._same = False
-        """The last read found the very same sockets as the one before, in the same order."""
-        self._classified: tuple[list[int | None], int, SocketScan] | None = None
-        """The owners (per socket of _current), max_sockets and the result of the last classify of
-        these sockets (None when the sockets changed since)."""
 
-    def read(self) -> tuple[set[int], list[SensorError]]:
-        """Read the tables; returns the socket inodes now (the process scan finds their owners)."""
-        current: list[_Slot] = []
-        errors: list[SensorError] = []
+    def read(self) -> SocketRead:
+        """This tick's sockets from the tables (no byte counts: /proc/net has none)."""
+        result = SocketRead("proc")
+        entries, errors = result.entries, result.errors
         tables: dict[str, _Table] = {}
-        for proto, path, raw in _read_tables(self.proc_root, errors):
+        for proto, path, raw in _read_tables(self.proc_root, errors, self.tables):
             table = self._tables.get(proto)
             if table is None or table.raw != raw:
                 table = self._parse(proto, path, raw, table or _Table())
             tables[proto] = table
-            current += table.slots
+            entries += table.entries
             errors += table.errors
         self._tables = tables
-        self._same = len(current) == len(self._current) and all(map(operator.is_, current, self._current))
-        if not self._same:
-            self._inodes = {slot.inode for slot in current}
-            self._classified = None
-        self._current = current
-        return set(self._inodes), errors
+        if self.packet:
+            entries += read_packet_table(self.proc_root, errors)
+        return result
 
     def _parse(self, proto: str, path: str, raw: bytes, last: _Table) -> _Table:
         """This tick's table, reusing what `last` (the last tick's) decoded."""
         table = _Table(raw)
         lines_now, keys, errors = table.lines, table.keys, table.errors
-        slots = table.slots
-        append = slots.append
+        append = table.entries.append
         seen_get, previous_get = last.lines.get, last.keys.get
         for number, line in enumerate(raw.decode("ascii", "replace").splitlines()[1:], start=2):
             slot = seen_get(line)
@@ -350,7 +490,7 @@ class SocketWatcher:
                 if len(fields) < 10:
                     if fields:
                         errors.append(
-                            SensorError(ErrorKind.NET_READ, f"{path} line {number}: {len(fields)} fields, want 10")
+                            error(SensorErrorKind.NET_READ, f"{path} line {number}: {len(fields)} fields, want 10")
                         )
                     continue
                 key = (proto, fields[1], fields[2], fields[3], fields[9])
@@ -359,27 +499,9 @@ class SocketWatcher:
                     try:
                         slot = _Slot(parse_fields(fields, proto, self.byteorder), key)
                     except ValueError as exc:
-                        errors.append(SensorError(ErrorKind.NET_READ, f"{path} line {number}: unparsable ({exc})"))
+                        errors.append(error(SensorErrorKind.NET_READ, f"{path} line {number}: unparsable ({exc})"))
                         continue
             lines_now[line] = slot
             keys[slot.key] = slot
-            append(slot)
+            append(slot.entry)
         return table
-
-    def classify(self, owners: dict[int, int]) -> SocketScan:
-        """The sockets of the last read as listening sockets and connections, with owners."""
-        pids = [owners.get(slot.inode) if slot.inode else None for slot in self._current]
-        last = self._classified
-        if last is not None and last[0] == pids and last[1] == self.max_sockets:
-            done = last[2]
-            return SocketScan(list(done.listening), list(done.connections), list(done.errors))
-        result = _split(self._objects(pids), self.max_sockets)
-        self._classified = (pids, self.max_sockets, result)
-        return SocketScan(list(result.listening), list(result.connections), list(result.errors))
-
-    def _objects(self, pids: list[int | None]) -> Iterator[SocketObject]:
-        for slot, pid in zip(self._current, pids, strict=True):
-            if slot.pid != pid:
-                slot.obj = to_object(slot.entry, pid)
-                slot.pid = pid
-            yield slot.obj

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from trainguard.api.sample import Sample
 
-_REUSED = ("processes", "listening", "connections")
+_REUSED = ("processes", "listening", "connections", "unconnected")
 """The fields of a sample whose items the encoder serialises once and reuses while the item is."""
 
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from trainguard.api.sample import GpuProcess, GpuSample, ProcessInfo
 from trainguard.sensor.attribution import GpuAttributor
-from trainguard.sensor.errors import ErrorKind
+from trainguard.sensor.errors import SensorErrorKind
 from trainguard.sensor.processes import ProcessRecord
 
 
 def proc(pid: int, cmdline: str, start: int = 100) -> ProcessRecord:
-    return ProcessRecord(ProcessInfo(pid=pid, name=cmdline.split(maxsplit=1)[0], cmdline=cmdline, uid=1000), start)
+    argv = cmdline.split()
+    info = ProcessInfo(pid=pid, name=argv[0], argv=argv, exe=f"/usr/bin/{argv[0]}", uid=1000)
+    return ProcessRecord(info, start)
 
 
 def gpu(*host_pids: int) -> GpuSample:
@@ -18,7 +20,7 @@ MINORS = {0: 0}
 
 
 def names(gpus: list[GpuSample]) -> dict[int, str]:
-    return {p.pid: p.cmdline for g in gpus for p in g.processes}
+    return {p.pid: " ".join(p.argv) for g in gpus for p in g.processes}
 
 
 def test_one_holder_one_gpu_process_is_certain() -> None:
@@ -31,7 +33,7 @@ def test_one_holder_one_gpu_process_is_certain() -> None:
 def test_holders_of_another_gpu_do_not_count() -> None:
     out, errors = GpuAttributor().attribute([gpu(90001)], MINORS, {"/dev/nvidia1": {7}}, [proc(7, "python a")])
     assert names(out) == {90001: ""}
-    assert [e.kind for e in errors] == [ErrorKind.ATTRIBUTION]
+    assert [e.kind for e in errors] == [SensorErrorKind.ATTRIBUTION]
 
 
 def test_several_holders_running_one_command_give_the_command() -> None:
@@ -71,6 +73,11 @@ def test_a_pair_is_forgotten_when_the_pod_pid_is_reused() -> None:
 
 
 def test_replayed_names_are_kept_when_nothing_can_be_attributed() -> None:
-    replayed = GpuSample(index=0, processes=[GpuProcess(pid=5, name="python", cmdline="python x.py")])
+    replayed = GpuSample(index=0, processes=[GpuProcess(pid=5, name="python", argv=["python", "x.py"])])
     out, errors = GpuAttributor().attribute([replayed], {}, {}, [])
     assert out == [replayed] and errors == []
+
+
+def test_attribution_carries_the_executable_of_the_pod_process() -> None:
+    out, _ = GpuAttributor().attribute([gpu(90001)], MINORS, {"/dev/nvidia0": {7}}, [proc(7, "python train.py")])
+    assert out[0].processes[0].exe == "/usr/bin/python"

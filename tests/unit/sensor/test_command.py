@@ -39,3 +39,16 @@ def test_gpu_sources() -> None:
 
 def test_replay_without_a_trace_exits_2() -> None:
     assert command.run(parse("--gpu-source", "replay", "--record", "/nonexistent/x")) == 2
+
+
+def test_socket_reader_and_container_names() -> None:
+    assert (parse().socket_reader, parse().container_name) == ("netlink", [])
+    assert parse("--socket-reader", "proc").socket_reader == "proc"
+    ident = "ab" * 32
+    args = parse("--container-name", f"trainer=containerd://{ident}", "--container-name", f"sidecar={'cd' * 32}")
+    assert args.container_name == [("trainer", ident), ("sidecar", "cd" * 32)]
+    for bad in ("trainer", f"={ident}", "trainer=abc", f"trainer={'AB' * 32}"):
+        with pytest.raises(SystemExit):
+            parse("--container-name", bad)
+    with pytest.raises(SystemExit):
+        parse("--socket-reader", "pyroute2")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainguard.sensor import processes, sockets
+from trainguard.sensor import processes, sockdiag, sockets
 from trainguard.sensor.gpu import NoGpuSource
 from trainguard.sensor.sampler import Sampler, SamplerSettings
 
@@ -26,10 +28,11 @@ net_line = st.lists(st.one_of(hexish, one_line_text), min_size=0, max_size=14).m
 @given(st.text(max_size=300))
 def test_parse_stat_raises_only_value_error(text: str) -> None:
     try:
-        pid, _comm, ppid, starttime = processes.parse_stat(text)
+        stat = processes.parse_stat(text)
     except ValueError:
         return
-    assert pid >= 0 and ppid >= 0 and starttime >= 0
+    assert stat.pid >= 0 and stat.ppid >= 0 and stat.starttime >= 0 and stat.cpu_ticks >= 0
+    assert len(stat.image) in (0, 5)
 
 
 @FUZZ
@@ -42,7 +45,30 @@ def test_parse_status_uid_raises_only_value_error(text: str) -> None:
 @FUZZ
 @given(st.binary(max_size=300))
 def test_parse_cmdline_never_raises(raw: bytes) -> None:
-    assert isinstance(processes.parse_cmdline(raw), str)
+    argv = processes.parse_cmdline(raw)
+    assert all(isinstance(a, str) for a in argv) and len(argv) <= processes.MAX_ARGS
+    if raw.count(b"\0") < processes.MAX_ARGS:
+        assert "\0".join(argv).encode() == raw.removesuffix(b"\0").decode("utf-8", "replace").encode()
+
+
+@FUZZ
+@given(st.text(max_size=400))
+def test_parse_container_id_never_raises(text: str) -> None:
+    found = processes.parse_container_id(text)
+    assert found == "" or (len(found) == 64 and found in text)
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_stream_kind_never_raises(target: str) -> None:
+    assert processes.stream_kind(target).target == target
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_parse_packet_table_raises_nothing(raw: bytes) -> None:
+    entries, errors = sockets.parse_packet_table(raw.decode("ascii", "replace"))
+    assert all(e.proto == "packet" for e in entries) and all(e.kind.value == "net_read" for e in errors)
 
 
 @FUZZ
@@ -80,7 +106,9 @@ def test_sampler_survives_a_garbled_tree(files: list[tuple[str, bytes]], lines: 
         os.symlink("socket:[notanumber]", root / "6" / "fd" / "3")
         (root / "net").mkdir()
         (root / "net" / "tcp").write_text("header\n" + "\n".join(lines))
-        sampler = Sampler(SamplerSettings(pod="a/b", proc_root=tmp, interval_s=5.0), NoGpuSource())
+        sampler = Sampler(
+            SamplerSettings(pod="a/b", proc_root=tmp, interval_s=5.0, socket_reader="proc"), NoGpuSource()
+        )
         try:
             sample, _ = sampler.tick()
         finally:
@@ -152,3 +180,28 @@ def test_a_watcher_that_kept_its_state_agrees_with_a_fresh_one(stats: list[tuple
             got, fresh = kept.scan(), processes.ProcessWatcher(tmp).scan()
             assert [r.info for r in got.processes] == [r.info for r in fresh.processes]
             assert [e.message for e in got.errors] == [e.message for e in fresh.errors]
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_netlink_messages_raise_only_os_error_and_stay_inside_the_read(raw: bytes) -> None:
+    try:
+        found, _done = sockdiag.messages(raw)
+    except OSError:
+        return
+    assert all(16 <= start <= end <= len(raw) for start, end in found)
+
+
+def test_netlink_messages_of_a_real_shape() -> None:
+    header = struct.Struct("=IHHII")
+    diag = header.pack(16 + 72, 20, 2, 1, 0) + bytes(72)
+    done = header.pack(20, 3, 2, 1, 0) + struct.pack("=i", 0)
+    assert sockdiag.messages(diag + done) == ([(16, 88)], True)
+    assert sockdiag.messages(diag) == ([(16, 88)], False)  # the dump goes on in the next read
+    refused = header.pack(20, 2, 0, 1, 0) + struct.pack("=i", -errno.EPERM)
+    with pytest.raises(sockdiag.NetlinkRefused):
+        sockdiag.messages(refused)
+    missing = header.pack(20, 3, 2, 1, 0) + struct.pack("=i", -errno.ENOENT)
+    with pytest.raises(OSError) as raised:
+        sockdiag.messages(missing)
+    assert raised.value.errno == errno.ENOENT and not isinstance(raised.value, sockdiag.NetlinkRefused)

@@ -8,7 +8,7 @@ import pynvml
 import pytest
 
 from trainguard.api.sample import GpuProcess, GpuSample, Sample
-from trainguard.sensor.errors import ErrorKind
+from trainguard.sensor.errors import SensorErrorKind
 from trainguard.sensor.gpu import NvmlGpuSource, ReplayGpuSource, TraceEnd, TraceError, load_trace
 
 
@@ -52,6 +52,8 @@ class FakeNvml:
         return handle + 4
 
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        if handle == 1:  # as in MIG mode
+            raise FakeNvmlError(self.NVML_ERROR_NOT_SUPPORTED)
         return SimpleNamespace(gpu=97, memory=10)
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
@@ -73,7 +75,8 @@ class FakeNvml:
 
 
 def test_nvml_source_reads_every_field() -> None:
-    reading = NvmlGpuSource(FakeNvml()).read()
+    source = NvmlGpuSource(FakeNvml())
+    reading = source.read()
     gpu0, gpu1 = reading.gpus
     assert gpu0 == GpuSample(
         index=0,
@@ -83,11 +86,19 @@ def test_nvml_source_reads_every_field() -> None:
         memory_total_bytes=80 << 30,
         power_watts=300.5,
         sm_clock_mhz=1980,
-        processes=[GpuProcess(pid=4242, used_memory_bytes=5 << 20), GpuProcess(pid=4243, used_memory_bytes=0)],
+        processes=[GpuProcess(pid=4242, used_memory_bytes=5 << 20), GpuProcess(pid=4243, used_memory_bytes=None)],
     )
     assert reading.minor_numbers == {0: 4, 1: 5}
-    assert gpu1.power_watts == 0.0  # not supported: no error
-    assert [(e.kind, e.message) for e in reading.errors] == [(ErrorKind.GPU_READ, "GPU 1 SM clock: NVML error 15")]
+    # Not supported (MIG mode, some boards): null, never 0.0, and said once; a real failure is said each time.
+    assert (gpu1.utilization, gpu1.power_watts, gpu1.sm_clock_mhz) == (None, None, None)
+    assert [(e.kind, e.message) for e in reading.errors] == [
+        (SensorErrorKind.GPU_UNSUPPORTED, "GPU 1 utilization: not supported by this GPU (null)"),
+        (SensorErrorKind.GPU_UNSUPPORTED, "GPU 1 power: not supported by this GPU (null)"),
+        (SensorErrorKind.GPU_READ, "GPU 1 SM clock: NVML error 15"),
+    ]
+    again = source.read()
+    assert again.gpus[1].utilization is None
+    assert [(e.kind, e.message) for e in again.errors] == [(SensorErrorKind.GPU_READ, "GPU 1 SM clock: NVML error 15")]
 
 
 def test_nvml_without_driver_reports_and_retries() -> None:
@@ -95,7 +106,7 @@ def test_nvml_without_driver_reports_and_retries() -> None:
     nvml = FakeNvml(fail_init=2)
     source = NvmlGpuSource(nvml, retry_s=10, clock=lambda: now[0])
     first = source.read()
-    assert first.gpus == [] and [e.kind for e in first.errors] == [ErrorKind.GPU_UNAVAILABLE]
+    assert first.gpus == [] and [e.kind for e in first.errors] == [SensorErrorKind.GPU_UNAVAILABLE]
     now[0] = 5
     assert source.read().gpus == [] and nvml.init_calls == 1  # not retried before retry_s
     now[0] = 11
@@ -116,7 +127,7 @@ def test_real_pynvml_on_a_machine_without_a_driver() -> None:
         pytest.skip("this machine has an NVIDIA driver")
     reading = NvmlGpuSource(pynvml).read()
     assert reading.gpus == []
-    assert reading.errors[0].kind is ErrorKind.GPU_UNAVAILABLE
+    assert reading.errors[0].kind is SensorErrorKind.GPU_UNAVAILABLE
     assert "NVML" in reading.errors[0].message
 
 

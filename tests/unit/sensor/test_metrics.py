@@ -2,9 +2,21 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from trainguard.api.sample import Connection, GpuProcess, GpuSample, ListeningSocket, Sample
-from trainguard.sensor.errors import ErrorKind, SensorError
+from trainguard.api.sample import (
+    Connection,
+    Endpoint,
+    GpuProcess,
+    GpuSample,
+    ListeningSocket,
+    Sample,
+    UnconnectedSocket,
+)
+from trainguard.sensor.errors import SensorErrorKind, error
 from trainguard.sensor.metrics import SensorMetrics
+
+
+def _ep(address: str, port: int) -> Endpoint:
+    return Endpoint(address=address, port=port)
 
 
 def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,18 +42,19 @@ def test_metrics_follow_the_latest_sample() -> None:
                 sm_clock_mhz=1980,
                 processes=[GpuProcess(pid=1, name="python"), GpuProcess(pid=2)],
             ),
-            GpuSample(index=1, uuid="GPU-b"),
+            GpuSample(index=1, uuid="GPU-b"),  # every reading null (NVML could not take them)
         ],
-        listening=[ListeningSocket(proto="tcp", address="0.0.0.0", port=22, pid=3)],
+        listening=[ListeningSocket(proto="tcp", local=Endpoint(address="0.0.0.0", port=22), pid=3)],
+        unconnected=[UnconnectedSocket(proto="raw", local=Endpoint(address="0.0.0.0"))],
         connections=[
-            Connection(proto="tcp", local="a:1", remote="b:22", state="ESTABLISHED"),
-            Connection(proto="tcp", local="a:2", remote="b:22", state="ESTABLISHED"),
-            Connection(proto="udp", local="a:3", remote="b:53", state="ESTABLISHED"),
+            Connection(proto="tcp", local=_ep("10.0.0.1", 1), remote=_ep("10.0.0.2", 22), state="ESTABLISHED"),
+            Connection(proto="tcp", local=_ep("10.0.0.1", 2), remote=_ep("10.0.0.2", 22), state="ESTABLISHED"),
+            Connection(proto="udp", local=_ep("10.0.0.1", 3), remote=_ep("10.0.0.2", 53), state="ESTABLISHED"),
         ],
     )
     latest = [two_gpus]
     metrics = SensorMetrics(lambda: latest[0], lambda: 3)
-    metrics.observe([SensorError(ErrorKind.PROC_READ, "x"), SensorError(ErrorKind.PROC_READ, "y")], 0.004)
+    metrics.observe([error(SensorErrorKind.PROC_READ, "x"), error(SensorErrorKind.PROC_READ, "y")], 0.004)
     seen = parse(metrics.render())
     gpu0 = (("gpu", "0"), ("uuid", "GPU-a"))
     assert seen[("trainguard_sensor_gpu_utilization_ratio", gpu0)] == 0.97
@@ -51,6 +64,8 @@ def test_metrics_follow_the_latest_sample() -> None:
     assert seen[("trainguard_sensor_gpu_processes", gpu0)] == 2
     assert seen[("trainguard_sensor_gpu_unattributed_processes", gpu0)] == 1
     assert seen[("trainguard_sensor_listening_sockets", (("proto", "tcp"),))] == 1
+    assert seen[("trainguard_sensor_unconnected_sockets", (("proto", "raw"),))] == 1
+    assert seen[("trainguard_sensor_unconnected_sockets", (("proto", "udp"),))] == 0
     assert seen[("trainguard_sensor_connections", (("proto", "tcp"), ("state", "ESTABLISHED")))] == 2
     assert seen[("trainguard_sensor_connections", (("proto", "udp"), ("state", "ESTABLISHED")))] == 1
     assert seen[("trainguard_sensor_errors_total", (("kind", "proc_read"),))] == 2
@@ -58,6 +73,8 @@ def test_metrics_follow_the_latest_sample() -> None:
     assert seen[("trainguard_sensor_sample_duration_seconds_count", ())] == 1
     assert seen[("trainguard_sensor_stream_clients", ())] == 3
     assert not any("pid" in dict(labels) for _, labels in seen)
+    gpu1 = (("gpu", "1"), ("uuid", "GPU-b"))
+    assert ("trainguard_sensor_gpu_utilization_ratio", gpu1) not in seen  # null is absent, never 0
 
     latest[0] = two_gpus.model_copy(update={"gpus": two_gpus.gpus[:1]})  # GPU 1 went away
     after = parse(metrics.render())

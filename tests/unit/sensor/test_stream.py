@@ -4,12 +4,16 @@ import threading
 
 from trainguard.api.sample import (
     Connection,
+    Endpoint,
     GpuProcess,
     GpuSample,
     ListeningSocket,
     ProcessInfo,
     Sample,
+    SensorError,
     SensorInfo,
+    StdStream,
+    UnconnectedSocket,
 )
 from trainguard.sensor.stream import SampleEncoder, SampleHub
 
@@ -65,12 +69,31 @@ def test_close_wakes_waiting_readers() -> None:
 
 def _encoder_pool() -> tuple[list[ProcessInfo], list[ListeningSocket], list[Connection]]:
     procs = [
-        ProcessInfo(pid=p, ppid=1, name=f"w{p}", cmdline=f'python tr\u00e4in.py --rank {p} "q"', uid=p % 3)
+        ProcessInfo(
+            pid=p,
+            ppid=1,
+            name=f"w{p}",
+            argv=["python", "tr\u00e4in.py", "--rank", str(p), '"q"'],
+            exe="/usr/bin/python3",
+            uid=p % 3,
+            cpu_seconds=p * 1.5,
+            stdin=StdStream(kind="socket", target="socket:[77]", inode=77) if p == 3 else None,
+        )
         for p in range(8)
     ]
-    listening = [ListeningSocket(proto="tcp6", address="::", port=9400 + n, pid=n or None) for n in range(4)]
+    listening = [
+        ListeningSocket(proto="tcp6", local=Endpoint(address="::", port=9400 + n), pid=n or None) for n in range(4)
+    ]
     conns = [
-        Connection(proto="tcp", local=f"10.0.0.5:{40000 + n}", remote="[2001:db8::1]:22", state="ESTABLISHED", pid=n)
+        Connection(
+            proto="tcp",
+            local=Endpoint(address="10.0.0.5", port=40000 + n),
+            remote=Endpoint(address="2001:db8::1", port=22),
+            state="ESTABLISHED",
+            pid=n,
+            bytes_sent=n * 1000,
+            first_seen=1.7e9 + n / 3,
+        )
         for n in range(6)
     ]
     return procs, listening, conns
@@ -93,9 +116,9 @@ def test_encoder_writes_what_pydantic_writes_as_items_come_go_and_repeat() -> No
             pod='n\u00e4me/"q"',
             seq=6,
             processes=procs,
-            sensor=SensorInfo(version="1", errors=["proc_read: x"]),
+            sensor=SensorInfo(version="1", reader="netlink", errors=[SensorError(kind="proc_read", message="x")]),
         ),
-        Sample(ts=7.0, pod="a/b", seq=7),
+        Sample(ts=7.0, pod="a/b", seq=7, unconnected=[UnconnectedSocket(proto="icmp", local=Endpoint(address="::"))]),
     ]
     for sample in samples:
         assert encoder.encode(sample) == sample.model_dump_json(by_alias=True).encode()
