@@ -29,6 +29,7 @@ T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 GIB = 1024**3
 GPU_TOTAL = 80 * GIB
 DNS = "10.96.0.10"
+DNS6 = "fd00:10:96::a"
 OBJECT_STORE = "203.0.113.40"
 MIRROR = "198.51.100.25"
 OPERATOR = "10.244.0.5"
@@ -247,6 +248,8 @@ class Scenario:
     #: For attacks: (rule, pod rank, attack start second, seconds within which it must be decided).
     expect: list[tuple[str, int, int, float]] = field(default_factory=list)
     setup: Callable[[Worker], None] | None = None
+    #: Why what the trace raises changed since the first engine (one line each).
+    changes: list[str] = field(default_factory=list)
 
 
 def plain_training(second: int, w: Worker) -> Json:
@@ -350,7 +353,7 @@ def pip_then_tensorboard(second: int, w: Worker) -> Json:
                 {
                     "proto": "udp6",
                     "local": f"[fd00:10:244:{w.rank + 1}::a]:{34100 + second}",
-                    "remote": "[fd00:10:96::a]:53",
+                    "remote": f"[{DNS6}]:53",
                     "state": "ESTABLISHED",
                     "pid": 7,
                 }
@@ -689,7 +692,15 @@ SCENARIOS: list[Scenario] = [
         2,
         120,
         sensor_tamper,
-        expect=[("sensor.silent", 1, SENSOR_KILLED_AT, 11), ("sensor.restarted", 1, SENSOR_BACK_AT, 0)],
+        expect=[
+            ("sensor.silent", 1, SENSOR_KILLED_AT, 11),
+            ("sensor.restarted", 1, SENSOR_BACK_AT, 0),
+            ("sensor.gap", 1, SENSOR_BACK_AT, 0),
+        ],
+        changes=[
+            "sensor.gap added (issue 10): the 25 s without samples are gaps past the 10 s tolerance within 60 s, "
+            "judged when the sensor is back",
+        ],
     ),
 ]
 
@@ -708,6 +719,14 @@ def render(sc: Scenario, seed: int) -> list[str]:
     return lines
 
 
+def context(sc: Scenario) -> Json:
+    """What the operator would read from the API server for the trace's job: its pods' IPs and the
+    cluster DNS resolvers (`trainguard replay --pod-ip ... --dns-resolver ...`)."""
+    workers = [Worker(rank, sc.pods, random.Random(0)) for rank in range(sc.pods)]
+    pod_ips = [w.ip for w in workers] + [f"fd00:10:244:{w.rank + 1}::a" for w in workers]
+    return {"podIPs": pod_ips, "dnsResolvers": [DNS, DNS6]}
+
+
 def main() -> None:
     manifest = []
     for seed, sc in enumerate(SCENARIOS, start=1):
@@ -719,6 +738,7 @@ def main() -> None:
                 "policy": sc.policy,
                 "kind": sc.kind,
                 "description": sc.description,
+                "context": context(sc),
                 "expect": [
                     {
                         "rule": rule,
@@ -728,6 +748,7 @@ def main() -> None:
                     }
                     for rule, rank, start, within in sc.expect
                 ],
+                **({"changes": sc.changes} if sc.changes else {}),
             }
         )
         print(f"{path.name}: {path.stat().st_size // 1024} KiB")

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from trainguard.api.base import WireModel
 
-SAMPLE_VERSION = 2
+SAMPLE_VERSION: Literal[2] = 2
 """The contract version this module describes; a sample says it in `version`."""
 
 Proto = Literal["tcp", "tcp6", "udp", "udp6", "sctp", "sctp6", "raw", "raw6", "icmp", "icmp6", "packet"]
@@ -131,6 +131,9 @@ class GpuProcess(WireModel):
     name: str = Field(default="", description="Executable name, empty when it could not be attributed.")
     argv: list[str] = Field(default_factory=list, description="Its arguments, when it was attributed.")
     exe: str = Field(default="", description="Its executable path, when it was attributed.")
+    exe_status: ExeStatus = Field(
+        default="ok", description="Whether exe could be read (as for a pod process; unknown in version-1 samples)."
+    )
     used_memory_bytes: int | None = Field(
         default=None, ge=0, description="GPU memory the process holds, in bytes; null when NVML cannot say."
     )
@@ -314,7 +317,10 @@ def _v1_gpu(g: Any) -> Any:
     procs = g.get("processes")
     if isinstance(procs, list):
         out["processes"] = [
-            ({k: v for k, v in p.items() if k != "cmdline"} | {"argv": _v1_argv(p.get("cmdline", ""))})
+            (
+                {k: v for k, v in p.items() if k != "cmdline"}
+                | {"argv": _v1_argv(p.get("cmdline", "")), "exeStatus": p.get("exeStatus", "unknown")}
+            )
             if isinstance(p, dict)
             else p
             for p in procs
@@ -334,7 +340,9 @@ def _v1_error(text: Any) -> Any:
 def upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
     """A version-1 sample (no `version` field), as a parsed JSON object, in the version-2 form.
 
-    - `cmdline` becomes `argv` split on spaces (v1 had lost the boundaries); `exeStatus` is `unknown`;
+    - `cmdline` becomes `argv` split on spaces (v1 had lost the boundaries); `exeStatus` is `unknown`,
+      for pod processes and GPU processes alike;
+    - `sensor.reader` is `proc` when absent (version-1 sensors read the /proc/net tables);
     - `host:port` strings become endpoints;
     - a v1 "listening" UDP socket (v1 listed unconnected UDP as listeners) moves to `unconnected`;
     - a connection with an empty state is a connected datagram socket: `ESTABLISHED`;
@@ -378,8 +386,13 @@ def upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
             converted.append(c2)
         out["connections"] = converted
     sensor = obj.get("sensor")
-    if isinstance(sensor, dict) and isinstance(sensor.get("errors"), list):
-        out["sensor"] = {**sensor, "errors": [_v1_error(e) for e in sensor["errors"]]}
+    if isinstance(sensor, dict):
+        sensor = {"reader": "proc", **sensor}
+        if isinstance(sensor.get("errors"), list):
+            sensor["errors"] = [_v1_error(e) for e in sensor["errors"]]
+        out["sensor"] = sensor
+    elif sensor is None:
+        out["sensor"] = {"reader": "proc"}
     return out
 
 
