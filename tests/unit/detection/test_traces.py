@@ -70,12 +70,12 @@ def test_attack_trace_raises_exactly_the_expected_rules_in_time(scenario: dict[s
 
 
 def test_without_the_clusters_facts_the_benign_traces_fail_closed() -> None:
-    """Nothing is learned from samples: without the pod IPs and resolvers, NCCL and DNS are undeclared egress."""
+    """Nothing is learned from samples: without the pod IPs, NCCL and the rendezvous are undeclared egress."""
     job = AgentTrainingJob.model_validate(yaml.safe_load((TRACES / "policy-dev.yaml").read_text()))
     with (TRACES / "pip-tensorboard.jsonl").open("rb") as fh:
         samples = [item for _, item in read_samples(fh, "t") if not isinstance(item, LineError)]
     rules = {(d.violation.rule, d.violation.identity) for d in replay(job.spec.policy, samples, EngineContext())}
-    assert ("net.egress.undeclared", "10.96.0.10:53") in rules
+    assert ("net.egress.undeclared", "10.244.1.10:29500") in rules
     assert ("net.egress.undeclared", "10.244.2.11:41010") in rules
 
 
