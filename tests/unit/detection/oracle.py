@@ -74,7 +74,8 @@ def findings(s: dict[str, Any], pol: dict[str, Any], ctx: dict[str, Any], prev_s
         protocol = proto_name(c["proto"])
         if ra is not None and ra.is_loopback:
             continue
-        ident = f"[{ra}]:{port}" if ra is not None and ra.version == 6 else f"{ra if ra else c['remote']['address']}:{port}"
+        shown = c["remote"]["address"] if ra is None else (f"[{ra}]" if ra.version == 6 else str(ra))
+        ident = f"{shown}:{port}"
         inbound = looks_inbound(c, s.get("listening", []))
         # net.egress.undeclared
         if c["state"] != "SYN_SENT" and not inbound:

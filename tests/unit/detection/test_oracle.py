@@ -57,7 +57,9 @@ listener = st.fixed_dictionaries(
 socket = st.fixed_dictionaries(
     {
         "proto": st.sampled_from(["udp", "raw", "icmp", "packet", "udp6"]),
-        "local": st.fixed_dictionaries({"address": st.sampled_from(["10.244.1.10", ""]), "port": st.sampled_from(PORTS)}),
+        "local": st.fixed_dictionaries(
+            {"address": st.sampled_from(["10.244.1.10", ""]), "port": st.sampled_from(PORTS)}
+        ),
     }
 )
 one_sample = st.fixed_dictionaries(
