@@ -4,8 +4,9 @@
 loopback holds the addresses in `ADDRESSES`; nothing can leave it (it has no other link). After
 the code has made its sockets, the kernel's socket tables (/proc/net/tcp, udp, raw) are read and
 returned as version-2 sample sections (the pod's: sockets bound to the outside hosts' addresses
-are left out), described as the sensor describes sockets: structured endpoints, the kernel's state names, the inode; listeners in `listening`, sockets with a peer in
-`connections`, the rest in `unconnected`. The sensor's own readers are on another branch; this
+are left out), described as the sensor describes sockets: structured endpoints, the kernel's
+state names, the inode; listeners in `listening`, sockets with a peer in `connections`, the rest
+in `unconnected`. The sensor's own readers are on another branch; this
 is a small reader of the same tables for the tests.
 """
 
