@@ -57,6 +57,7 @@ from itertools import islice, repeat
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from trainguard.detection.reader import SampleReader
 
 from trainguard.api.sample import Connection, GpuProcess, GpuSample, ListeningSocket, ProcessInfo, Sample, SensorInfo
 from trainguard.api.v1alpha1 import (
@@ -69,7 +70,6 @@ from trainguard.api.v1alpha1 import (
     PortSpec,
 )
 from trainguard.detection.engine import Engine, ManualClock
-from trainguard.detection.reader import SampleReader
 
 M = TypeVar("M", bound=BaseModel)
 
