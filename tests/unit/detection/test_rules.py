@@ -57,7 +57,8 @@ def test_denied_patterns_see_everything_the_process_shows() -> None:
     p = pol(processes={"denied": ["*/.hidden/*", "re:--donate-level"], "useDefaultDenied": False})
     by_exe = proc(30, "python3", argv=["python3", "x.py"], exe="/tmp/.hidden/python3")
     by_args = proc(31, "worker", argv=["worker", "--donate-level", "1"])
-    assert found([sample(processes=[by_exe, by_args])], p) == {("process.denied", "python3"), ("process.denied", "worker")}
+    expected = {("process.denied", "python3"), ("process.denied", "worker")}
+    assert found([sample(processes=[by_exe, by_args])], p) == expected
     assert found([sample(processes=[proc(27, "xmrig")])], p) == set()  # the shipped list is off
 
 
