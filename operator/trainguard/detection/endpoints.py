@@ -21,6 +21,13 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+@lru_cache(maxsize=65536)
+def is_loopback(address: str) -> bool:
+    """The address is a loopback one (127/8, ::1, or IPv4-mapped loopback)."""
+    ip = parse_ip(address)
+    return ip is not None and ip.is_loopback
+
+
 def show(address: str, port: int) -> str:
     """An endpoint as text: `a.b.c.d:port`, IPv6 as `[addr]:port` (IPv4-mapped shown as IPv4)."""
     ip = parse_ip(address)

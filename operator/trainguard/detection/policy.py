@@ -119,6 +119,7 @@ class CompiledPolicy:
         self.unconnected_kinds = frozenset(net.unconnected_sockets)
         self._remote_memo: dict[tuple[str, int, str], str | None] = {}
         self._process_memo: dict[tuple[object, ...], ProcessVerdict] = {}
+        self._gpu_memo: dict[tuple[object, ...], tuple[str | None, bool]] = {}
 
     # --- network --------------------------------------------------------------------------------
 
@@ -211,9 +212,17 @@ class CompiledPolicy:
             return tools.miner(p) or tools.tunnel(p)
         return None
 
-    def gpu_unexpected(self, gp: GpuProcess) -> bool:
-        """With `gpu.allowedProcesses`: the GPU process's executable matches none of the patterns."""
-        return self.gpu_allowed is not None and not _allowed(self.gpu_allowed, gp)
+    def gpu_process(self, gp: GpuProcess) -> tuple[str | None, bool]:
+        """(why it is denied or None, whether gpu.allowedProcesses leaves it out), memoised on what it reads."""
+        key = (gp.name, gp.exe, gp.exe_status, *gp.argv)
+        memo = self._gpu_memo
+        verdict = memo.get(key)
+        if verdict is None:
+            verdict = (self.denied_by(gp), self.gpu_allowed is not None and not _allowed(self.gpu_allowed, gp))
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = verdict
+        return verdict
 
 
 def _allowed(patterns: tuple[Pattern, ...], p: ProcessInfo | GpuProcess) -> bool:

@@ -24,7 +24,7 @@ def gpu_process_unexpected(inp: RuleInput) -> Sequence[Finding]:
     found: list[Finding] = []
     for g in inp.sample.gpus:
         for gp in g.processes:
-            if policy.gpu_unexpected(gp):
+            if policy.gpu_process(gp)[1]:
                 evidence: dict[str, EvidenceValue] = {
                     "gpu": g.index,
                     "pid": gp.pid,

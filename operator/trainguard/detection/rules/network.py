@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trainguard.api.sample import Connection, ListeningSocket, Sample
-from trainguard.detection.endpoints import parse_ip, show
+from trainguard.detection.endpoints import is_loopback, parse_ip, show
 from trainguard.detection.rules.base import (
     NOTHING,
     Rule,
@@ -48,8 +48,7 @@ def inbound(c: Connection, listening: Sequence[ListeningSocket]) -> bool:
 
 def local_traffic(c: Connection) -> bool:
     """Traffic inside the pod: the remote is a loopback address."""
-    ip = parse_ip(c.remote.address)
-    return ip is not None and ip.is_loopback
+    return is_loopback(c.remote.address)
 
 
 def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
@@ -60,9 +59,9 @@ def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
     policy = inp.policy
     found: list[Finding] = []
     for c in s.connections:
-        if c.state == ATTEMPT or local_traffic(c) or inbound(c, s.listening):
+        if c.state == ATTEMPT or policy.allowed_by(c.remote.address, c.remote.port, c.proto) is not None:
             continue
-        if policy.allowed_by(c.remote.address, c.remote.port, c.proto) is not None:
+        if local_traffic(c) or inbound(c, s.listening):
             continue
         found.append(Finding(NET_EGRESS_UNDECLARED, show(c.remote.address, c.remote.port), connection_evidence(s, c)))
     return found or NOTHING
@@ -73,10 +72,8 @@ def tunnel_connection(inp: RuleInput, c: Connection) -> str | None:
     pods or an egress rule naming the port), whatever its state and whatever its direction looks
     like; for a connection that looks inbound the remote port counts only outside the ephemeral
     range (a real client's source port is ephemeral, a server's is not)."""
-    if local_traffic(c):
-        return None
     why = inp.policy.tunnel_port(c.remote.address, c.remote.port, c.proto)
-    if why is None:
+    if why is None or local_traffic(c):
         return None
     if inp.policy.ephemeral(c.remote.port) and inbound(c, inp.sample.listening):
         return None

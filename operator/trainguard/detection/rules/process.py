@@ -31,7 +31,7 @@ def process_denied(inp: RuleInput) -> Sequence[Finding]:
             )
     for g in inp.sample.gpus:
         for gp in g.processes:
-            why = policy.denied_by(gp)
+            why = policy.gpu_process(gp)[0]
             if why is not None:
                 evidence: dict[str, EvidenceValue] = {
                     "gpu": g.index,
