@@ -66,7 +66,7 @@ def _ep(address: str, port: int) -> str:
     return f'{{"address":"{address}","port":{port}}}'
 
 
-def _proc(pid: int, ppid: int, name: str, exe: str, argv: list[str], container: str, inode: int) -> str:
+def _proc(pid: int, ppid: int, name: str, exe: str, argv: list[str], *, container: str, inode: int) -> str:
     args = ",".join(f'"{a}"' for a in argv)
     return (
         f'{{"pid":{pid},"ppid":{ppid},"uid":1000,"name":"{name}","exe":"{exe}","exeStatus":"ok","argv":[{args}],'
@@ -89,10 +89,19 @@ def template(rank: int, pods: int) -> str:
     train = ["python3", "-u", "train.py", "--local-rank"]
     procs = ",".join(
         [
-            _proc(1, 0, "torchrun", "/usr/bin/torchrun", ["torchrun", "--nproc-per-node", "2", "train.py"], "trainer", 11),
-            *(_proc(27 + i, 1, "python3", "/usr/bin/python3.11", [*train, str(i)], "trainer", 12 + i) for i in range(2)),
-            *(_proc(60 + i, 27 + i, "python3", "/usr/bin/python3.11", [*train, str(i)], "trainer", 14 + i) for i in range(2)),
-            _proc(900, 0, "trainguard", "/usr/local/bin/trainguard", ["trainguard", "sensor"], "trainguard-sensor", 16),
+            _proc(1, 0, "torchrun", "/usr/bin/torchrun", ["torchrun", "train.py"], container="trainer", inode=11),
+            *(
+                _proc(27 + i, 1, "python3", "/usr/bin/python3.11", [*train, str(i)], container="trainer", inode=12 + i)
+                for i in range(2)
+            ),
+            *(
+                _proc(60 + i, 27 + i, "python3", "/usr/bin/python3.11", [*train, str(i)], container="trainer", inode=14)
+                for i in range(2)
+            ),
+            _proc(
+                900, 0, "trainguard", "/usr/local/bin/trainguard", ["trainguard", "sensor"],
+                container="trainguard-sensor", inode=16,
+            ),
         ]
     )
     listening = [("0.0.0.0", 9400, 900), ("0.0.0.0", 29500, 1), (me, 41000, 27), (me, 41001, 28)]
