@@ -181,6 +181,7 @@ class Engine:
             full_gpus=state.window.full(),
             gap_seconds=gap_seconds,
             had_gpus=state.had_gpus,
+            verdicts=tuple(map(self.policy.process, sample.processes)),
         )
         findings = [f for rule in CHAIN for f in rule.check(inp)]
         state.last_seq = sample.seq

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from trainguard.api.sample import Connection, ProcessInfo, Sample
 from trainguard.api.v1alpha1 import Monitoring, Severity
-from trainguard.detection.policy import CompiledPolicy
+from trainguard.detection.policy import CompiledPolicy, ProcessVerdict
 from trainguard.detection.violation import Evidence, EvidenceValue, Finding
 from trainguard.detection.window import GpuStats
 
@@ -41,6 +41,8 @@ class RuleInput:
     gap_seconds: float
     #: Whether an earlier sample of the pod showed a GPU.
     had_gpus: bool
+    #: What the policy says of each of `sample.processes`, in order (`CompiledPolicy.process`, asked once).
+    verdicts: tuple[ProcessVerdict, ...]
 
 
 Check = Callable[[RuleInput], Sequence[Finding]]

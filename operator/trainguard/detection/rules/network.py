@@ -95,8 +95,8 @@ def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
             found.append(
                 Finding(NET_TUNNEL, show(c.remote.address, c.remote.port), connection_evidence(s, c, reason=why))
             )
-    for p in s.processes:
-        tool = policy.process(p).tunnel
+    for p, verdict in zip(s.processes, inp.verdicts, strict=True):
+        tool = verdict.tunnel
         if tool is not None:
             found.append(
                 Finding(NET_TUNNEL, f"process:{p.name or p.exe}", {**process_evidence(p), "reason": tool})
@@ -112,8 +112,8 @@ def net_tunnel_ssh_config(inp: RuleInput) -> Sequence[Finding]:
         return NOTHING
     found = [
         Finding(NET_TUNNEL_SSH_CONFIG, f"process:{p.name or p.exe}", {**process_evidence(p), "option": why})
-        for p in inp.sample.processes
-        if (why := policy.process(p).ssh_config) is not None
+        for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True)
+        if (why := verdict.ssh_config) is not None
     ]
     return found or NOTHING
 

@@ -23,8 +23,8 @@ def process_denied(inp: RuleInput) -> Sequence[Finding]:
     processes are checked too: a process on the pod's GPU may be missing from its process list."""
     policy = inp.policy
     found: list[Finding] = []
-    for p in inp.sample.processes:
-        why = policy.process(p).denied
+    for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True):
+        why = verdict.denied
         if why is not None:
             found.append(
                 Finding(PROCESS_DENIED, _label(p.name, p.exe, p.argv), {**process_evidence(p), "pattern": why})
@@ -52,8 +52,8 @@ def process_unexpected(inp: RuleInput) -> Sequence[Finding]:
         return NOTHING
     found = [
         Finding(PROCESS_UNEXPECTED, _label(p.name, p.exe, p.argv), process_evidence(p))
-        for p in inp.sample.processes
-        if policy.process(p).unexpected
+        for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True)
+        if verdict.unexpected
     ]
     return found or NOTHING
 
