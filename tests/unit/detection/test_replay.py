@@ -188,3 +188,16 @@ def test_a_sensor_killed_before_the_end_is_silent_there(tmp_path: Path) -> None:
     assert replay("--policy", POLICY, solo).returncode == 0
     r = replay("--policy", POLICY, solo, "--run-on", "15")
     assert r.returncode == 3 and "sensor.silent" in r.stdout
+
+
+def test_an_engine_error_is_not_reported_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault inside the engine surfaces as itself (a traceback, exit 1), never as exit 2 'bad input'."""
+    from trainguard import cli
+    from trainguard.cli import replay as command
+
+    def broken(*_: object, **__: object) -> list[object]:
+        raise ValueError("an engine bug")
+
+    monkeypatch.setattr(command, "replay", broken)
+    with pytest.raises(ValueError, match="an engine bug"):
+        cli.main(["replay", "--policy", str(POLICY), str(TRACES / "ddp-nccl.jsonl")])

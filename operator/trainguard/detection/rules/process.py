@@ -65,8 +65,6 @@ def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     or when the sensor could not give its inode (what cannot be told apart is not excused)."""
     s = inp.sample
     found: list[Finding] = []
-    by_inode = {c.inode: c for c in s.connections if c.inode}
-    unconnected = {u.inode for u in s.unconnected if u.inode}
     for p in s.processes:
         streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
         if not streams:
@@ -74,6 +72,8 @@ def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
         what = tools.shell_or_interpreter(p)
         if what is None:
             continue
+        by_inode = {c.inode: c for c in s.connections if c.inode}
+        unconnected = {u.inode for u in s.unconnected if u.inode}
         for fd, st in streams:
             if st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
                 continue  # a socket the pod has no network socket for: a unix socket
