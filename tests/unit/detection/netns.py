@@ -26,8 +26,9 @@ import pytest
 POD_IP = "10.244.1.10"
 POOL = "192.0.2.77"
 C2 = "192.0.2.10"
-ADDRESSES = (POD_IP, POOL, C2)
-OUTSIDE = (POOL, C2)
+OBJECT_STORE = "203.0.113.40"
+ADDRESSES = (POD_IP, POOL, C2, OBJECT_STORE)
+OUTSIDE = (POOL, C2, OBJECT_STORE)
 
 _STATES = {
     1: "ESTABLISHED",
@@ -59,7 +60,7 @@ for proto, path, conv in (("tcp", "/proc/net/tcp", ip4), ("tcp6", "/proc/net/tcp
         (la, lp), (ra, rp) = f[1].split(":"), f[2].split(":")
         out.append({"proto": proto, "local": [conv(la), int(lp, 16)], "remote": [conv(ra), int(rp, 16)],
                     "state": int(f[3], 16), "inode": int(f[9])})
-print("SOCKETS" + json.dumps(out))
+print("SOCKETS" + json.dumps({"sockets": out, "extra": globals().get("EXTRA")}))
 '''
 
 
@@ -71,8 +72,9 @@ def available() -> None:
         pytest.skip("real sockets need unshare (util-linux) and ip (iproute2)")
 
 
-def in_netns(code: str) -> dict[str, list[dict[str, Any]]]:
-    """Run `code` in a fresh network namespace and return its sockets as sample sections."""
+def in_netns(code: str) -> dict[str, Any]:
+    """Run `code` in a fresh network namespace and return its sockets as sample sections (and, under
+    `extra`, whatever JSON the code left in a global `EXTRA`)."""
     available()
     setup = "".join(f"ip addr add {a}/32 dev lo && " for a in ADDRESSES) + "ip link set lo up"
     script = "import subprocess\n" + f"subprocess.run({setup!r}, shell=True, check=True)\n"
@@ -81,9 +83,11 @@ def in_netns(code: str) -> dict[str, list[dict[str, Any]]]:
         ["unshare", "-n", sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert r.returncode == 0, r.stderr
-    raw = json.loads(r.stdout.split("SOCKETS", 1)[1])
-    sections: dict[str, list[dict[str, Any]]] = {"listening": [], "connections": [], "unconnected_sockets": []}
-    for s in raw:
+    doc = json.loads(r.stdout.split("SOCKETS", 1)[1])
+    sections: dict[str, Any] = {"listening": [], "connections": [], "unconnected_sockets": []}
+    if doc["extra"] is not None:
+        sections["extra"] = doc["extra"]  # what the code put in EXTRA (e.g. a process's fd links)
+    for s in doc["sockets"]:
         if s["local"][0] in OUTSIDE:
             continue  # the far end's sockets: the outside host's, not the pod's
         local = {"address": s["local"][0], "port": s["local"][1]}

