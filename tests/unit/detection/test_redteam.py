@@ -461,6 +461,9 @@ def test_a_really_sigstopped_sensor_is_sensor_gap() -> None:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    deadline = time.monotonic() + 30
+    while not arrivals and time.monotonic() < deadline:  # the child is up and writing
+        time.sleep(0.01)
     try:
         started = time.monotonic()
         for _ in range(4):
@@ -473,7 +476,11 @@ def test_a_really_sigstopped_sensor_is_sensor_gap() -> None:
         child.kill()
         child.wait()
     times = [(a - started) * 10 for a in arrivals]
-    assert len(times) >= 8 and max(b - a for a, b in itertools.pairwise(times)) >= 6
-    decisions = run([sample(t=t, seq=i) for i, t in enumerate(times)], arrivals=[T0 + t for t in times])
+    assert len(times) >= 5 and max(b - a for a, b in itertools.pairwise(times)) >= 6
+    # The silence bound is set well above a freeze (a loaded machine stretches them): the attack is
+    # to stay under whatever it is.
+    monitoring = Monitoring(sensor_silence_seconds=30)
+    samples = [sample(t=t, seq=i) for i, t in enumerate(times)]
+    decisions = run(samples, arrivals=[T0 + t for t in times], monitoring=monitoring)
     found = rules(decisions)
     assert "sensor.gap" in found and "sensor.silent" not in found
