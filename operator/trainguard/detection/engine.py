@@ -43,7 +43,7 @@ from trainguard.detection.context import EngineContext
 from trainguard.detection.escalation import Standing, choose_action
 from trainguard.detection.policy import CompiledPolicy
 from trainguard.detection.rules import CHAIN, RULES, Rule, RuleInput
-from trainguard.detection.rules.sensor import SENSOR_IDENTITY, SENSOR_SILENT, sensor_identity, sensor_silent
+from trainguard.detection.rules.sensor import SENSOR_SILENT, sensor_identity, sensor_silent
 from trainguard.detection.state import EngineState, PodState, TrackState
 from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
 from trainguard.detection.window import Window
@@ -393,8 +393,7 @@ class Engine:
     def _confirm(self, pod: str, track: _Track, now: float) -> Decision:
         self._count(track)
         track.action = self._judge(track, now)
-        out = self._decision("new", pod, track, now)
-        return out
+        return self._decision("new", pod, track, now)
 
     def _judge(self, track: _Track, now: float) -> Action:
         return choose_action(
@@ -437,5 +436,3 @@ class Engine:
     def _decision(self, kind: DecisionKind, pod: str, t: _Track, now: float) -> Decision:
         return Decision(kind, self._violation(pod, t), t.action, self._dry_run, now)
 
-
-__all__ = ["SENSOR_IDENTITY", "Clock", "Engine", "ManualClock"]

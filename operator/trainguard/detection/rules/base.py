@@ -89,7 +89,3 @@ def connection_evidence(sample: Sample, c: Connection, **extra: EvidenceValue) -
         **process_evidence(owner(sample, c.pid), c.pid),
         **extra,
     }
-
-
-def finding(rule: str, identity: str, evidence: Evidence) -> Finding:
-    return Finding(rule, identity, evidence)
