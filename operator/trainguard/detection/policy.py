@@ -87,7 +87,8 @@ class ProcessVerdict(NamedTuple):
     tunnel: str | None
     #: `ssh -F FILE`: forwards may hide in a file the sample cannot carry; None if not.
     ssh_config: str | None
-    #: With `processes.allowed`: its executable matches none of the patterns, and it is not plumbing.
+    #: With `processes.allowed`: its executable matches none of the patterns, it is not plumbing, and
+    #: it is not denied (`process.denied` has it).
     unexpected: bool
 
 
@@ -188,11 +189,18 @@ class CompiledPolicy:
         memo = self._process_memo
         verdict = memo.get(key)
         if verdict is None:
+            denied = self.denied_by(p)
             verdict = ProcessVerdict(
-                denied=self.denied_by(p),
+                denied=denied,
                 tunnel=tools.tunnel(p) if self.forbid_tunnels else None,
                 ssh_config=tools.ssh_config(p) if self.forbid_tunnels else None,
-                unexpected=self.allowed is not None and not self.plumbing(p) and not _allowed(self.allowed, p),
+                # A denied process is process.denied (stronger), not also unexpected.
+                unexpected=(
+                    self.allowed is not None
+                    and denied is None
+                    and not self.plumbing(p)
+                    and not _allowed(self.allowed, p)
+                ),
             )
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()

@@ -183,3 +183,9 @@ def test_v1_samples_replay_through_the_conversion() -> None:
         ("net.tunnel", "192.0.2.1:22"),
         ("net.egress.undeclared", "192.0.2.1:22"),
     }  # and the v1 sensor process is plumbing by name (v1 only)
+
+
+def test_a_denied_process_is_not_also_unexpected() -> None:
+    p = pol(processes={"allowed": ["python*"]})
+    miner = proc(40, "xmrig", exe="/tmp/xmrig")
+    assert found([sample(processes=[proc(27, "python3"), miner])], p) == {("process.denied", "xmrig")}
