@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from trainguard.api.v1alpha1 import EnforcementPolicy
@@ -69,3 +72,21 @@ def test_escalation_all_conditions_of_a_step_must_hold() -> None:
         choose_action(enf, Standing(persisted_seconds=60, occurrences=1, distinct_rules=1, severity="High"))
         == "Suspend"
     )
+
+
+def test_no_python_re_runs_in_detection() -> None:
+    """Patterns run on text the workload writes: RE2 only. Python's `re` (and `fnmatch`, built on it)
+    backtracks, so neither may be imported by detection or the pattern module."""
+    root = Path(__file__).resolve().parents[3] / "operator" / "trainguard"
+    files = [*(root / "detection").rglob("*.py"), root / "api" / "patterns.py"]
+    assert len(files) > 10
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("re", "fnmatch")]
+    assert offenders == []
