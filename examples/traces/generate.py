@@ -29,6 +29,7 @@ T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 GIB = 1024**3
 GPU_TOTAL = 80 * GIB
 DNS = "10.96.0.10"
+DNS6 = "fd00:10:96::a"
 OBJECT_STORE = "203.0.113.40"
 MIRROR = "198.51.100.25"
 OPERATOR = "10.244.0.5"
@@ -247,6 +248,8 @@ class Scenario:
     #: For attacks: (rule, pod rank, attack start second, seconds within which it must be decided).
     expect: list[tuple[str, int, int, float]] = field(default_factory=list)
     setup: Callable[[Worker], None] | None = None
+    #: Why what the trace raises changed since the first engine (one line each).
+    changes: list[str] = field(default_factory=list)
 
 
 def plain_training(second: int, w: Worker) -> Json:
@@ -350,7 +353,7 @@ def pip_then_tensorboard(second: int, w: Worker) -> Json:
                 {
                     "proto": "udp6",
                     "local": f"[fd00:10:244:{w.rank + 1}::a]:{34100 + second}",
-                    "remote": "[fd00:10:96::a]:53",
+                    "remote": f"[{DNS6}]:53",
                     "state": "ESTABLISHED",
                     "pid": 7,
                 }
@@ -571,6 +574,110 @@ def sensor_tamper(second: int, w: Worker) -> Json | None:
     return s
 
 
+# --- version 2: what the v1 form cannot say ----------------------------------------------------
+
+#: Executables of the processes the traces show (version 2 reads them from /proc/<pid>/exe).
+EXES = {
+    "torchrun": "/usr/local/bin/torchrun",
+    "python3": "/usr/bin/python3.11",
+    "trainguard": "/usr/local/bin/trainguard",
+    "bash": "/usr/bin/bash",
+}
+PIPE = {"kind": "pipe", "target": "pipe:[4242]"}
+
+
+def _endpoint(text: str) -> Json:
+    host, _, port = text.rpartition(":")
+    return {"address": host.strip("[]"), "port": int(port)}
+
+
+def to_v2(s: Json) -> Json:
+    """A sample of this generator in the version-2 form, as the v2 sensor writes it: structured
+    endpoints, argv lists, each process's executable, container and standard streams."""
+    def process(p: Json) -> Json:
+        argv = p["cmdline"].split()
+        out = {k: v for k, v in p.items() if k != "cmdline"}
+        out |= {"argv": argv, "exe": EXES.get(p["name"], f"/usr/bin/{p['name']}"), "exeStatus": "ok"}
+        out["container"] = "trainguard-sensor" if p["name"] == "trainguard" else "trainer"
+        out.setdefault("stdin", {"kind": "file", "target": "/dev/null"})
+        out.setdefault("stdout", PIPE)
+        out.setdefault("stderr", PIPE)
+        return out
+
+    gpus = [
+        g | {"processes": [
+            {k: v for k, v in gp.items() if k != "cmdline"}
+            | {"argv": gp["cmdline"].split(), "exe": EXES["python3"], "exeStatus": "ok"}
+            for gp in g["processes"]
+        ]}
+        for g in s["gpus"]
+    ]  # fmt: skip
+    out = {
+        "version": 2,
+        **{k: v for k, v in s.items() if k not in ("gpus", "processes", "listening", "connections", "sensor")},
+        "gpus": gpus,
+        "processes": [process(p) for p in s["processes"]],
+        "listening": [
+            {"proto": x["proto"], "local": {"address": x["address"], "port": x["port"]}, "pid": x["pid"]}
+            for x in s["listening"]
+        ],
+        "connections": [
+            c | {"local": _endpoint(c["local"]), "remote": _endpoint(c["remote"])} for c in s["connections"]
+        ],
+        "sensor": {"version": "0.2.0", "reader": "netlink", "errors": []},
+    }
+    return out
+
+
+REVERSE_SHELL_AT = 40
+BEACON_AT = 55
+FROZEN_AT = 65
+SHELL_INODE = 990001
+C2_BEACON = "192.0.2.30"
+
+
+def redteam_v2(second: int, w: Worker) -> Json | None:
+    """Worker 1: `bash -i` on a socket to the allowed object store from t=40 (a reverse shell over an
+    allowed address), then a beacon that connects, sends and closes every 3 s from t=55 (only
+    TIME_WAIT sockets). Worker 0: its sensor stopped 7 s of every 9 from t=65 (SIGSTOP)."""
+    if w.rank == 0 and second >= FROZEN_AT and (second - FROZEN_AT) % 9 >= 2:
+        return None
+    s = plain_training(second, w)
+    if w.rank == 1 and second >= REVERSE_SHELL_AT:
+        shell = {"pid": 777, "ppid": 27, "name": "bash", "uid": 1000, "cmdline": "bash -i"}
+        s["processes"].append(shell)
+        s["connections"].append(
+            {
+                "proto": "tcp",
+                "local": f"{w.ip}:45123",
+                "remote": f"{OBJECT_STORE}:443",
+                "state": "ESTABLISHED",
+                "pid": 777,
+                "inode": SHELL_INODE,
+            }
+        )
+    if w.rank == 1 and second >= BEACON_AT:
+        # Every beacon lingers 60 s in TIME_WAIT; the sample shows the ones of the last minute.
+        for start in range(BEACON_AT, second + 1, 3):
+            if second - start < 60:
+                s["connections"].append(
+                    {
+                        "proto": "tcp",
+                        "local": f"{w.ip}:{46000 + start}",
+                        "remote": f"{C2_BEACON}:8443",
+                        "state": "TIME_WAIT",
+                        "pid": None,
+                        "inode": 0,
+                    }
+                )
+    v2 = to_v2(s)
+    for p in v2["processes"]:
+        if p["pid"] == 777:
+            stream = {"kind": "socket", "target": f"socket:[{SHELL_INODE}]", "inode": SHELL_INODE}
+            p["stdin"] = p["stdout"] = p["stderr"] = stream
+    return v2
+
+
 SCENARIOS: list[Scenario] = [
     Scenario(
         "ddp-nccl",
@@ -689,7 +796,29 @@ SCENARIOS: list[Scenario] = [
         2,
         120,
         sensor_tamper,
-        expect=[("sensor.silent", 1, SENSOR_KILLED_AT, 11), ("sensor.restarted", 1, SENSOR_BACK_AT, 0)],
+        expect=[
+            ("sensor.silent", 1, SENSOR_KILLED_AT, 11),
+            ("sensor.restarted", 1, SENSOR_BACK_AT, 0),
+            ("sensor.gap", 1, SENSOR_BACK_AT, 0),
+        ],
+        changes=[
+            "sensor.gap added (issue 10): the 25 s without samples are gaps past the 10 s tolerance within 60 s, "
+            "judged when the sensor is back",
+        ],
+    ),
+    Scenario(
+        "redteam-v2",
+        "policy-training.yaml",
+        "attack",
+        "version 2: a reverse shell to the allowed object store, a TIME_WAIT beacon, a sensor frozen 7 s of 9",
+        2,
+        90,
+        redteam_v2,
+        expect=[
+            ("process.reverse-shell", 1, REVERSE_SHELL_AT, 0),
+            ("net.egress.undeclared", 1, BEACON_AT, 2),
+            ("sensor.gap", 0, FROZEN_AT, 20),
+        ],
     ),
 ]
 
@@ -708,6 +837,14 @@ def render(sc: Scenario, seed: int) -> list[str]:
     return lines
 
 
+def context(sc: Scenario) -> Json:
+    """What the operator would read from the API server for the trace's job: its pods' IPs and the
+    cluster DNS resolvers (`trainguard replay --pod-ip ... --dns-resolver ...`)."""
+    workers = [Worker(rank, sc.pods, random.Random(0)) for rank in range(sc.pods)]
+    pod_ips = [w.ip for w in workers] + [f"fd00:10:244:{w.rank + 1}::a" for w in workers]
+    return {"podIPs": pod_ips, "dnsResolvers": [DNS, DNS6]}
+
+
 def main() -> None:
     manifest = []
     for seed, sc in enumerate(SCENARIOS, start=1):
@@ -719,6 +856,7 @@ def main() -> None:
                 "policy": sc.policy,
                 "kind": sc.kind,
                 "description": sc.description,
+                "context": context(sc),
                 "expect": [
                     {
                         "rule": rule,
@@ -728,6 +866,7 @@ def main() -> None:
                     }
                     for rule, rank, start, within in sc.expect
                 ],
+                **({"changes": sc.changes} if sc.changes else {}),
             }
         )
         print(f"{path.name}: {path.stat().st_size // 1024} KiB")

@@ -27,7 +27,12 @@ def test_server_defaults_equal_model_defaults(cluster: Cluster, namespace: str) 
     # What the API server filled in is what the model assumes for absent fields ...
     assert stored["spec"]["policy"]["network"]["allowDNS"] is True
     assert stored["spec"]["policy"]["enforcement"]["debounce"] == {"samples": 3}
-    assert stored["spec"]["monitoring"] == {"sampleIntervalSeconds": 1, "sensorSilenceSeconds": 10}
+    assert stored["spec"]["monitoring"] == {
+        "sampleIntervalSeconds": 1,
+        "sensorSilenceSeconds": 10,
+        "sensorGapToleranceSeconds": 10,
+        "sensorGapWindowSeconds": 60,
+    }
     from_server = parse_agent_training_job(stored)
     assert from_server.spec == parse_agent_training_job(body).spec
     # ... and the model keeps everything the server stores (no field it would drop or change).

@@ -29,6 +29,7 @@ import enum
 import json
 from typing import Any, Literal
 
+import msgspec
 from pydantic import Field
 
 from trainguard.api.base import WireModel
@@ -132,6 +133,9 @@ class GpuProcess(WireModel):
     name: str = Field(default="", description="Executable name, empty when it could not be attributed.")
     argv: list[str] = Field(default_factory=list, description="Its arguments, when it was attributed.")
     exe: str = Field(default="", description="Its executable path, when it was attributed.")
+    exe_status: ExeStatus = Field(
+        default="ok", description="Whether exe could be read (as for a pod process; unknown in version-1 samples)."
+    )
     used_memory_bytes: int | None = Field(
         default=None, ge=0, description="GPU memory the process holds, in bytes; null when NVML cannot say."
     )
@@ -323,7 +327,10 @@ def _v1_gpu(g: Any) -> Any:
     procs = g.get("processes")
     if isinstance(procs, list):
         out["processes"] = [
-            ({k: v for k, v in p.items() if k != "cmdline"} | {"argv": _v1_argv(p.get("cmdline", ""))})
+            (
+                {k: v for k, v in p.items() if k != "cmdline"}
+                | {"argv": _v1_argv(p.get("cmdline", "")), "exeStatus": p.get("exeStatus", "unknown")}
+            )
             if isinstance(p, dict)
             else p
             for p in procs
@@ -343,7 +350,9 @@ def _v1_error(text: Any) -> Any:
 def upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
     """A version-1 sample (no `version` field), as a parsed JSON object, in the version-2 form.
 
-    - `cmdline` becomes `argv` split on spaces (v1 had lost the boundaries); `exeStatus` is `unknown`;
+    - `cmdline` becomes `argv` split on spaces (v1 had lost the boundaries); `exeStatus` is `unknown`,
+      for pod processes and GPU processes alike;
+    - `sensor.reader` is `proc` when absent (version-1 sensors read the /proc/net tables);
     - `host:port` strings become endpoints;
     - a v1 "listening" UDP socket (v1 listed unconnected UDP as listeners) moves to `unconnected`;
     - a connection with an empty state is a connected datagram socket: `ESTABLISHED`;
@@ -387,8 +396,13 @@ def upgrade_v1(obj: dict[str, Any]) -> dict[str, Any]:
             converted.append(c2)
         out["connections"] = converted
     sensor = obj.get("sensor")
-    if isinstance(sensor, dict) and isinstance(sensor.get("errors"), list):
-        out["sensor"] = {**sensor, "errors": [_v1_error(e) for e in sensor["errors"]]}
+    if isinstance(sensor, dict):
+        sensor = {"reader": "proc", **sensor}
+        if isinstance(sensor.get("errors"), list):
+            sensor["errors"] = [_v1_error(e) for e in sensor["errors"]]
+        out["sensor"] = sensor
+    elif sensor is None:
+        out["sensor"] = {"reader": "proc"}
     return out
 
 
@@ -400,6 +414,24 @@ def upgrade(obj: Any) -> Any:
     return obj
 
 
+class _Version(msgspec.Struct):
+    """Only a line's `version` (msgspec skips the rest without building it)."""
+
+    version: Any = None
+
+
+_VERSION = msgspec.json.Decoder(_Version)
+
+
 def parse_sample(line: str | bytes) -> Sample:
-    """One JSON line, version 1 or 2, to a Sample. Raises ValueError (json) or pydantic.ValidationError."""
+    """One JSON line, version 1 or 2, to a Sample. Raises ValueError (json) or pydantic.ValidationError.
+
+    A line that says its version is validated from its JSON directly (pydantic's own parser, the
+    fast way); a line without one (version 1), or one that is not a JSON object, goes the long way."""
+    try:
+        has_version = _VERSION.decode(line).version is not None
+    except (msgspec.DecodeError, UnicodeError):
+        has_version = False
+    if has_version:
+        return Sample.model_validate_json(line)
     return Sample.model_validate(upgrade(json.loads(line)))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from trainguard.api.base import ApiModel
+from trainguard.api.patterns import check_pattern
 
 GROUP = "trainguard.io"
 VERSION = "v1alpha1"
@@ -43,6 +44,14 @@ Protocol = Literal["TCP", "UDP", "SCTP"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 #: A CIDR as written in a policy; bounded so that the API server can cost the CEL rules over it.
 Cidr = Annotated[str, Field(max_length=64)]
+
+#: The name of the sensor's container in every pod of a job (reserved: a workload container may not take it).
+#: The detection engine exempts the processes of this container from the process allow-list.
+SENSOR_CONTAINER = "trainguard-sensor"
+#: A process pattern (a glob, or `re:` and an RE2 expression), refused when it does not compile.
+ProcessPattern = Annotated[str, AfterValidator(check_pattern)]
+#: Kinds of socket that can send without a peer (`network.unconnectedSockets`).
+UnconnectedKind = Literal["udp", "icmp", "raw", "packet", "sctp"]
 
 #: Actions from mildest to strongest.
 ACTION_ORDER: tuple[Action, ...] = ("Alert", "Quarantine", "Suspend", "Delete")
@@ -202,6 +211,16 @@ class NetworkPolicySpec(ApiModel):
         default=True,
         description="Treat outbound SSH (port 22), miner-pool ports and tunnel tools as violations.",
     )
+    unconnected_sockets: list[UnconnectedKind] = Field(
+        default_factory=list,
+        max_length=5,
+        description=(
+            "Kinds of socket without a peer the workload may hold: udp (unconnected UDP, sendto), icmp (ping "
+            "sockets), raw, packet, sctp. Any other such socket is a violation, except a UDP socket bound to a "
+            "port in listenPorts (a declared UDP server)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
 
 # --- gpu and process policy ------------------------------------------------------------------
@@ -219,9 +238,12 @@ class GpuPolicy(ApiModel):
     max_power_watts: float | None = Field(
         default=None, gt=0.0, description="Highest sustained power draw allowed per GPU, in watts."
     )
-    allowed_processes: list[str] | None = Field(
+    allowed_processes: list[ProcessPattern] | None = Field(
         default=None,
-        description="Process-name patterns (shell globs) allowed on the GPUs; unset allows any process.",
+        description=(
+            "Executables allowed on the GPUs: globs (a glob with a / matches the whole executable path, one "
+            "without matches its file name) or re: and an RE2 expression searched in the path; unset allows any."
+        ),
     )
     mining_signature: bool = Field(
         default=True, description="Detect GPU use that looks like mining rather than training."
@@ -231,19 +253,26 @@ class GpuPolicy(ApiModel):
 class ProcessPolicy(ApiModel):
     """Which processes may run in the pod.
 
-    A pattern is a shell-style glob (case-insensitive) matched against the process name and against
-    the whole command line; a pattern that starts with `re:` is a regular expression searched in
-    the command line.
+    A pattern is a shell-style glob (case-insensitive) or, after `re:`, an RE2 regular expression.
+    `denied` patterns are matched against everything a process shows: its executable's path and file
+    name, its name and its command line (arguments joined by spaces). `allowed` patterns are matched
+    against the executable only (what the process cannot choose): a glob with a `/` against the whole
+    path, one without against the file name; `re:` is searched in the path. docs/detection.md says more.
     """
 
-    denied: list[str] = Field(default_factory=list, description="Patterns of processes that must not run.")
+    denied: list[ProcessPattern] = Field(
+        default_factory=list, description="Patterns of processes that must not run (globs, or re: and RE2)."
+    )
     use_default_denied: bool = Field(
         default=True,
         description="Also deny trainguard's shipped list of known miners and tunnel tools.",
     )
-    allowed: list[str] | None = Field(
+    allowed: list[ProcessPattern] | None = Field(
         default=None,
-        description="When set, an allow-list: any process matching none of these patterns is a violation.",
+        description=(
+            "When set, an allow-list of executables: a process whose executable matches none of these patterns "
+            "is a violation (the sensor's container is exempt)."
+        ),
     )
 
 
@@ -360,6 +389,18 @@ class Monitoring(ApiModel):
     sensor_silence_seconds: int = Field(
         default=10, ge=2, le=3600, description="Seconds without a sample before the sensor counts as silent."
     )
+    sensor_gap_tolerance_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds of gaps between samples (time beyond the sample interval) tolerated within "
+            "sensorGapWindowSeconds; more is sensor.gap (a sensor frozen for part of every few seconds)."
+        ),
+    )
+    sensor_gap_window_seconds: int = Field(
+        default=60, ge=2, le=86400, description="The window, in seconds, over which gaps between samples add up."
+    )
     prometheus: PrometheusSource | None = Field(
         default=None, description="Where to read DCGM metrics; unset uses only the sensor."
     )
@@ -370,7 +411,12 @@ class Monitoring(ApiModel):
                 "self.sensorSilenceSeconds > self.sampleIntervalSeconds",
                 "sensorSilenceSeconds must be longer than sampleIntervalSeconds",
                 ".sensorSilenceSeconds",
-            )
+            ),
+            (
+                "self.sensorGapToleranceSeconds < self.sensorGapWindowSeconds",
+                "sensorGapToleranceSeconds must be shorter than sensorGapWindowSeconds",
+                ".sensorGapToleranceSeconds",
+            ),
         )
     )
 
@@ -378,6 +424,8 @@ class Monitoring(ApiModel):
     def _silence(self) -> Monitoring:
         if self.sensor_silence_seconds <= self.sample_interval_seconds:
             raise ValueError("sensorSilenceSeconds must be longer than sampleIntervalSeconds")
+        if self.sensor_gap_tolerance_seconds >= self.sensor_gap_window_seconds:
+            raise ValueError("sensorGapToleranceSeconds must be shorter than sensorGapWindowSeconds")
         return self
 
 
@@ -419,8 +467,8 @@ class PodSpec(ApiModel):
                 ".containers",
             ),
             (
-                "self.containers.all(c, c.name != 'trainguard-sensor')",
-                "the container name trainguard-sensor is reserved for the sensor",
+                f"self.containers.all(c, c.name != '{SENSOR_CONTAINER}')",
+                f"the container name {SENSOR_CONTAINER} is reserved for the sensor",
                 ".containers",
             ),
         ),
@@ -456,8 +504,8 @@ class PodSpec(ApiModel):
         for c in self.containers:
             if c.security_context is not None and c.security_context.privileged:
                 raise ValueError(f"containers: {c.name} is privileged; privileged containers escape the sensor")
-            if c.name == "trainguard-sensor":
-                raise ValueError("containers: the container name trainguard-sensor is reserved for the sensor")
+            if c.name == SENSOR_CONTAINER:
+                raise ValueError(f"containers: the container name {SENSOR_CONTAINER} is reserved for the sensor")
         return self
 
 

@@ -1,15 +1,23 @@
-"""What the engine needs to know besides the policy: facts about the cluster and tunable thresholds.
+"""What the engine needs to know besides the policy: facts about the cluster, and tunable thresholds.
 
 The policy says "allow DNS" and "allow traffic inside the job"; which addresses those are is a fact
-about the cluster that the operator knows (and `trainguard replay` takes as flags). Everything here
-has a default that works without the cluster: DNS to any address on port 53, the job's pods learned
-from the samples themselves (see `learn_pod_ips`).
+about the cluster that the operator reads from the API server (the job's pods' `status.podIPs`, the
+cluster DNS Service, the pods a selector rule selects) and `trainguard replay` takes as flags.
+Nothing here is learned from samples: a pod can bind a socket to any address (`IP_TRANSPARENT`), so
+what a sample says about addresses proves nothing about who is who. Where an input is missing the
+engine fails closed: no resolvers named, no DNS is allowed; no pod IPs, no traffic counts as the
+job's own; a selector rule the context does not resolve allows nothing.
+
+The context can change while the engine runs (`Engine.update(context=...)`): pods come and go.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from trainguard.api.v1alpha1 import SENSOR_CONTAINER
 
 #: Ports a miner pool commonly listens on (stratum and the pools' TLS variants), and the P2P ports
 #: of the big chains (8333 Bitcoin, 30303 Ethereum, 18080/18081 Monero). Left out because real
@@ -45,8 +53,10 @@ MINER_POOL_PORTS: frozenset[int] = frozenset(
         45700,
     }
 )
-#: Private, shared and unique-local ranges: where a pod selected by a selector can live.
-CLUSTER_CIDRS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+
+#: The container the kubelet's sandbox (the pause process) is reported under: the name the kubelet
+#: itself gives the sandbox container (`k8s_POD_...`).
+SANDBOX_CONTAINER = "POD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +76,7 @@ class MiningThresholds:
     max_power_cv: float = 0.05
     #: Corroboration without DCGM: framebuffer use below this fraction of the GPU's memory.
     max_memory_fraction: float = 0.30
-    #: Corroboration with DCGM: tensor-pipe activity (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE) below this.
+    #: Corroboration with profiling: tensor-pipe activity (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE) below this.
     max_tensor_active: float = 0.05
 
 
@@ -74,33 +84,46 @@ class MiningThresholds:
 DCGM_TENSOR_ACTIVE = "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
 
 
+def _ips(what: str, values: frozenset[str]) -> None:
+    for v in values:
+        try:
+            ipaddress.ip_address(v.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"{what}: {v!r} is not an IP address") from None
+
+
 @dataclass(frozen=True, slots=True)
 class EngineContext:
-    """Cluster facts and thresholds for one job's engine."""
+    """Cluster facts and thresholds for one job's engine. Addresses are checked when it is made."""
 
-    #: The cluster DNS resolver addresses. Empty: with `allowDNS`, port 53 to any address is DNS.
+    #: The cluster DNS resolvers' addresses (the kube-dns Service's cluster IPs). With `allowDNS`,
+    #: port 53 (UDP or TCP) to one of them is allowed. Empty: no DNS is allowed (fails closed).
     dns_resolvers: frozenset[str] = frozenset()
-    #: The IPs of the job's own pods (for `allowIntraJob`).
+    #: The IPs of the job's own pods (`status.podIPs`), for `allowIntraJob`. Empty: none.
     job_pod_ips: frozenset[str] = frozenset()
-    #: Also count as the job's pods every local address seen in the job's samples (a pod's own IP
-    #: is the local end of its connections). True by default: the operator's list of pod IPs lags
-    #: behind new pods, and a worker's first NCCL connection should not be a violation.
-    learn_pod_ips: bool = True
     #: For egress rules with a namespace or pod selector, by the rule's index in
     #: `policy.network.egress`: the IPs of the pods it selects. A selector rule without an entry
-    #: allows any address inside `cluster_cidrs` on its ports (it cannot be judged from an IP).
+    #: allows nothing (it cannot be judged from an IP).
     selector_peers: Mapping[int, frozenset[str]] = field(default_factory=dict)
-    #: Where pods (and so selector-matched peers) can be.
-    cluster_cidrs: tuple[str, ...] = CLUSTER_CIDRS
+    #: Containers whose processes are the pod's plumbing, never `process.unexpected` (still checked
+    #: against the denied list and every other rule): the sensor's and the sandbox's.
+    plumbing_containers: frozenset[str] = frozenset({SENSOR_CONTAINER, SANDBOX_CONTAINER})
+    #: In samples converted from version 1 only (processes with `exeStatus: unknown` and no
+    #: container), the plumbing is recognised by these names, as version 1 could not say more.
+    v1_plumbing_names: frozenset[str] = frozenset({"pause", "trainguard"})
     #: The sensor's own listening port (never an undeclared listener).
     sensor_port: int = 9400
     #: Listeners on these ports (inclusive range) are not flagged: the kernel's ephemeral range, where
-    #: NCCL, Gloo and torch elastic bind their bootstrap sockets to port 0. None flags them too.
+    #: NCCL, Gloo and torch elastic bind their bootstrap sockets to port 0. None flags them too. A
+    #: connection that looks inbound has its remote port judged by `net.tunnel` only outside it.
     ephemeral_ports: tuple[int, int] | None = (32768, 60999)
-    #: Processes that belong to the pod's plumbing, never `process.unexpected` (still checked
-    #: against the denied list): the pause container and the trainguard sensor itself.
-    infrastructure_processes: frozenset[str] = frozenset({"pause", "trainguard"})
     #: Destination ports that `net.tunnel` treats as miner pools.
     miner_pool_ports: frozenset[int] = MINER_POOL_PORTS
     #: Thresholds of `gpu.mining-signature`.
     mining: MiningThresholds = field(default_factory=MiningThresholds)
+
+    def __post_init__(self) -> None:
+        _ips("dns_resolvers", self.dns_resolvers)
+        _ips("job_pod_ips", self.job_pod_ips)
+        for index, ips in self.selector_peers.items():
+            _ips(f"selector_peers[{index}]", ips)

@@ -1,71 +1,36 @@
-"""Socket endpoints as the sensor writes them: `host:port`, IPv6 as `[addr]:port`.
-
-Parsing is cached: a pod talks to the same few peers at every tick.
-"""
+"""IP addresses as the sensor reports them, parsed once and compared as the kernel would."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
+from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class Endpoint(NamedTuple):
-    """An address and a port. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are unmapped to IPv4."""
-
-    ip: IPAddress
-    port: int
-
-    def __str__(self) -> str:
-        if self.ip.version == 6:
-            return f"[{self.ip}]:{self.port}"
-        return f"{self.ip}:{self.port}"
-
-
-def parse_ip(text: str) -> IPAddress:
-    """An IP address, with IPv4-mapped IPv6 unmapped and a zone (`%eth0`) dropped; ValueError if not one."""
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
+@lru_cache(maxsize=65536)
+def parse_ip(text: str) -> IPAddress | None:
+    """An IP address with IPv4-mapped IPv6 (`::ffff:a.b.c.d`) unmapped and a zone (`%eth0`) dropped;
+    None when the text is not an address (what cannot be parsed cannot be allowed)."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
 
 
-def parse_endpoint(text: str) -> Endpoint:
-    """Parse `a.b.c.d:port` or `[v6]:port`; raises ValueError on anything else."""
-    if text.startswith("["):
-        addr, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"not an endpoint: {text!r} (IPv6 is written [addr]:port)")
-    else:
-        addr, sep, port = text.rpartition(":")
-        if not sep or ":" in addr:
-            raise ValueError(f"not an endpoint: {text!r} (expected host:port, IPv6 as [addr]:port)")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"not an endpoint: {text!r} (bad port)")
-    return Endpoint(parse_ip(addr), int(port))
+@lru_cache(maxsize=65536)
+def is_loopback(address: str) -> bool:
+    """The address is a loopback one (127/8, ::1, or IPv4-mapped loopback)."""
+    ip = parse_ip(address)
+    return ip is not None and ip.is_loopback
 
 
-class EndpointCache:
-    """`parse_endpoint` with a bounded cache; an unparseable endpoint is cached as None."""
-
-    LIMIT = 16384
-
-    __slots__ = ("_cache",)
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Endpoint | None] = {}
-
-    def get(self, text: str) -> Endpoint | None:
-        try:
-            return self._cache[text]
-        except KeyError:
-            pass
-        try:
-            ep: Endpoint | None = parse_endpoint(text)
-        except ValueError:
-            ep = None
-        if len(self._cache) >= self.LIMIT:
-            self._cache.clear()
-        self._cache[text] = ep
-        return ep
+def show(address: str, port: int) -> str:
+    """An endpoint as text: `a.b.c.d:port`, IPv6 as `[addr]:port` (IPv4-mapped shown as IPv4)."""
+    ip = parse_ip(address)
+    if ip is None:
+        return f"{address}:{port}"
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"

@@ -1,7 +1,8 @@
-"""Recorded traces: JSON Lines, one `Sample` a line. Parsing happens here, at the edge.
+"""Recorded traces: JSON Lines, one sample a line, version 1 or 2. Parsing happens here, at the edge.
 
-A malformed line is reported with its line number and skipped; it never stops the reading (nor
-the engine). Blank lines are skipped silently.
+A version-1 line (no `version` field) is converted by `trainguard.api.sample.upgrade_v1`; nothing
+behind this module sees version 1. A malformed line is reported with its line number and skipped;
+it never stops the reading (nor the engine). Blank lines are skipped silently.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from trainguard.api import validation
-from trainguard.api.sample import Sample
-from trainguard.detection.reader import SampleReader
+from trainguard.api.sample import Sample, parse_sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +36,13 @@ def describe(err: ValidationError) -> str:
 
 
 def read_samples(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, Sample | LineError]]:
-    """(line number, sample or error) for each non-blank line.
-
-    Lines are read by a `SampleReader`: each sample is the one `Sample.model_validate_json`
-    returns, and a pod's sections that did not change since its previous line are that line's
-    (shared, read-only).
-    """
-    reader = SampleReader()
+    """(line number, sample or error) for each non-blank line."""
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            yield number, reader.read(text)
+            yield number, parse_sample(text)
         except ValidationError as err:
             yield number, LineError(source, number, describe(err))
+        except ValueError as err:  # not JSON (json.JSONDecodeError), not UTF-8 (UnicodeDecodeError)
+            yield number, LineError(source, number, f"not a JSON sample: {err}")

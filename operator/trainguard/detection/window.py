@@ -1,238 +1,146 @@
-"""A window over one pod's recent samples, with the rolling statistics the window rules read.
+"""What the engine keeps of one pod's recent samples for the GPU rules: per GPU, the current run of
+busy samples (the last `window_samples` of them) and their running sums.
 
-The mining signature needs a full window in which every sample is busy (utilization at or above the
-floor), so a GPU's series holds only its current *run* of busy samples, the last `length` of them:
-a sample below the floor ends the run and empties the series. A GPU that dips, as training does,
-costs one comparison per sample; a saturated one costs an O(1) update of running sums, whatever
-the window length (see `GpuSeries`).
+The mining signature needs a full window in which every sample is busy (utilization known and at
+or above the floor), so a GPU's series holds only its current run of busy samples: a sample below
+the floor, or with no utilization reading, ends the run. Readings NVML could not take (null) are
+counted: the power test needs every sample's power, the memory corroboration every sample's
+memory, the tensor corroboration every sample's tensor-pipe activity.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from operator import attrgetter
+from dataclasses import dataclass
 
-from trainguard.api.sample import Sample
+from trainguard.api.sample import GpuSample, Sample
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
-
-_FIELDS = attrgetter("__dict__")
 
 
 def _stddev(total: float, squares: float, n: int) -> float:
-    """Population standard deviation from a running sum and sum of squares (0 for no values)."""
+    """Population standard deviation from a sum and a sum of squares."""
     if not n:
         return 0.0
     mean = total / n
     return math.sqrt(max(squares / n - mean * mean, 0.0))
 
 
+@dataclass(frozen=True, slots=True)
+class GpuStats:
+    """One GPU's full window of busy samples, summarised (what `gpu.mining-signature` reads)."""
+
+    index: int
+    samples: int
+    utilization_mean: float
+    utilization_stddev: float
+    #: Mean and coefficient of variation of power; None unless every sample had a power reading.
+    power_mean: float | None
+    power_cv: float | None
+    #: Mean framebuffer use as a fraction of the total; None unless every sample had both readings.
+    memory_fraction: float | None
+    #: Mean tensor-pipe activity (the GPU's profile, or the pod's DCGM metric); None unless every sample had it.
+    tensor_active: float | None
+
+
 class GpuSeries:
-    """One GPU's current run of busy samples, the last `length` of them (utilization, power,
-    framebuffer fraction), and their sums. `full` means the last `length` samples were all busy.
+    """One GPU's current run of busy samples (the last `length`) and their sums, kept O(1) per sample."""
 
-    The sums are made when the run first fills the window (once per run, O(length)) and kept
-    incrementally from then on (O(1) per sample); a run that ends before it fills the window (a
-    GPU that dips, as training does) costs an append per busy sample.
-    """
+    __slots__ = ("length", "missing", "sums", "values")
 
-    __slots__ = (
-        "length",
-        "low_below",
-        "mem_sum",
-        "power_sq",
-        "power_sum",
-        "summed",
-        "util_sq",
-        "util_sum",
-        "values",
-    )
-
-    def __init__(self, length: int, low_below: float) -> None:
+    def __init__(self, length: int) -> None:
         self.length = length
-        self.low_below = low_below
-        self.values: deque[tuple[float, float, float]] = deque()
-        self.util_sum = self.util_sq = self.power_sum = self.power_sq = self.mem_sum = 0.0
-        #: Whether the sums are those of `values` (kept from when the run filled the window).
-        self.summed = False
+        #: (utilization, power, memory fraction, tensor activity) per sample, None where unknown.
+        self.values: deque[tuple[float, float | None, float | None, float | None]] = deque()
+        #: Sums of utilization, its square, power, its square, memory fraction, tensor activity.
+        self.sums = [0.0] * 6
+        #: Samples in the window missing power, memory, tensor readings.
+        self.missing = [0, 0, 0]
 
     def reset(self) -> None:
-        """A sample below the floor: the run is over."""
         self.values.clear()
-        self.summed = False
+        self.sums = [0.0] * 6
+        self.missing = [0, 0, 0]
 
-    def sum(self) -> None:
-        """Make the sums of `values` afresh."""
-        values = self.values
-        self.util_sum = math.fsum(u for u, _, _ in values)
-        self.util_sq = math.fsum(u * u for u, _, _ in values)
-        self.power_sum = math.fsum(p for _, p, _ in values)
-        self.power_sq = math.fsum(p * p for _, p, _ in values)
-        self.mem_sum = math.fsum(m for _, _, m in values)
-        self.summed = True
+    def _add(self, v: tuple[float, float | None, float | None, float | None], sign: int) -> None:
+        util, power, mem, tensor = v
+        s = self.sums
+        s[0] += sign * util
+        s[1] += sign * util * util
+        for k, x, at in ((0, power, 2), (1, mem, 4), (2, tensor, 5)):
+            if x is None:
+                self.missing[k] += sign
+            else:
+                s[at] += sign * x
+                if k == 0:
+                    s[3] += sign * x * x
 
-    def push(self, util: float, power: float, mem_fraction: float) -> None:
-        """One sample (`Window.push` runs the same steps inline)."""
-        values = self.values
-        if util < self.low_below:
-            if values:
-                self.reset()
-            return
-        values.append((util, power, mem_fraction))
-        if self.summed:
-            u, p, m = values.popleft()
-            self.util_sum += util - u
-            self.util_sq += util * util - u * u
-            self.power_sum += power - p
-            self.power_sq += power * power - p * p
-            self.mem_sum += mem_fraction - m
-        elif len(values) == self.length:
-            self.sum()
+    def push(self, util: float, power: float | None, mem: float | None, tensor: float | None) -> None:
+        v = (util, power, mem, tensor)
+        self.values.append(v)
+        self._add(v, 1)
+        if len(self.values) > self.length:
+            self._add(self.values.popleft(), -1)
 
     @property
     def full(self) -> bool:
-        """The window is full and no sample in it is below the floor."""
         return len(self.values) == self.length
 
-    def _sums(self) -> None:
-        if not self.summed:
-            self.sum()
-
-    @property
-    def util_mean(self) -> float:
-        self._sums()
-        return self.util_sum / len(self.values) if self.values else 0.0
-
-    @property
-    def util_stddev(self) -> float:
-        self._sums()
-        return _stddev(self.util_sum, self.util_sq, len(self.values))
-
-    @property
-    def power_mean(self) -> float:
-        self._sums()
-        return self.power_sum / len(self.values) if self.values else 0.0
-
-    @property
-    def power_cv(self) -> float:
-        """Coefficient of variation of power (stddev / mean); 0 when no power is reported."""
-        self._sums()
+    def stats(self, index: int) -> GpuStats:
         n = len(self.values)
-        if not n or self.power_sum <= 0.0:
-            return 0.0
-        return _stddev(self.power_sum, self.power_sq, n) / (self.power_sum / n)
+        s = self.sums
+        power_mean = s[2] / n if not self.missing[0] else None
+        power_cv = None
+        if power_mean is not None:
+            power_cv = _stddev(s[2], s[3], n) / power_mean if power_mean > 0 else 0.0
+        return GpuStats(
+            index=index,
+            samples=n,
+            utilization_mean=s[0] / n,
+            utilization_stddev=_stddev(s[0], s[1], n),
+            power_mean=power_mean,
+            power_cv=power_cv,
+            memory_fraction=s[4] / n if not self.missing[1] else None,
+            tensor_active=s[5] / n if not self.missing[2] else None,
+        )
 
-    @property
-    def mem_fraction_mean(self) -> float:
-        self._sums()
-        return self.mem_sum / len(self.values) if self.values else 0.0
+
+def _tensor(g: GpuSample, dcgm: dict[str, float]) -> float | None:
+    if g.profile is not None and g.profile.tensor_active is not None:
+        return g.profile.tensor_active
+    return dcgm.get(DCGM_TENSOR_ACTIVE)
 
 
 class Window:
-    """The recent samples of one pod: the previous sample's seq, per-GPU series, DCGM tensor activity."""
+    """The GPU series of one pod, fed one sample at a time."""
 
-    __slots__ = (
-        "_bounded",
-        "_bounds",
-        "_low_below",
-        "_tensor_mean",
-        "_thresholds",
-        "full_gpus",
-        "gpus",
-        "over_bounds",
-        "previous_seq",
-        "samples",
-        "seq",
-        "tensor",
-    )
+    __slots__ = ("gpus", "thresholds")
 
-    def __init__(self, thresholds: MiningThresholds, bounds: tuple[float, float, float] | None = None) -> None:
-        self._thresholds = thresholds
-        self._low_below = thresholds.min_utilization
-        inf = float("inf")
-        #: (utilization, memory bytes, power watts) above which a GPU is `over_bounds`.
-        self._bounds = bounds or (inf, inf, inf)
-        self._bounded = any(b != inf for b in self._bounds)
+    def __init__(self, thresholds: MiningThresholds) -> None:
+        self.thresholds = thresholds
         self.gpus: dict[int, GpuSeries] = {}
-        #: How many of the GPUs' series are full (a full window of busy samples) after the latest sample.
-        self.full_gpus = 0
-        #: Whether a GPU of the latest sample was above one of `bounds`.
-        self.over_bounds = False
-        #: The seq of the sample before the latest one (None before the second sample).
-        self.previous_seq: int | None = None
-        self.seq: int | None = None
-        #: Samples pushed so far.
-        self.samples = 0
-        #: Pod-level DCGM tensor-pipe activity per sample, the last `window_samples` of them; None
-        #: where the sample had none. Summed when read (`tensor_active_mean`), which only the mining
-        #: rule does, and only for a GPU with a full window: no per-sample arithmetic.
-        self.tensor: deque[float | None] = deque(maxlen=thresholds.window_samples)
-        #: (samples, mean) as of the last read, so that GPUs of one sample share one sum.
-        self._tensor_mean: tuple[int, float | None] = (-1, None)
 
     def push(self, sample: Sample) -> None:
-        # The models' fields are read from their field dicts: a pydantic model's attribute access
-        # goes through its `__getattr__` hook (and is not specialized by the interpreter), a dict
-        # subscript does not. This runs for every sample.
-        fields = sample.__dict__
-        self.previous_seq = self.seq
-        self.seq = fields["seq"]
-        self.samples += 1
-        gpus = self.gpus
-        full = 0
-        over = False
-        low_below = self._low_below
-        bounded = self._bounded
-        if bounded:
-            max_util, max_mem, max_power = self._bounds
-        sample_gpus = fields["gpus"]
-        for g in map(_FIELDS, sample_gpus):
-            index = g["index"]
-            series = gpus.get(index)
+        floor = self.thresholds.min_utilization
+        present = set()
+        for g in sample.gpus:
+            present.add(g.index)
+            series = self.gpus.get(g.index)
             if series is None:
-                series = gpus[index] = GpuSeries(self._thresholds.window_samples, low_below)
-            util = g["utilization"]
-            if bounded and (util > max_util or g["memory_used_bytes"] > max_mem or g["power_watts"] > max_power):
-                over = True
-            # GpuSeries.push, inlined: this runs for every GPU of every sample.
-            values = series.values
-            if util < low_below:
-                if values:
-                    values.clear()  # GpuSeries.reset
-                    series.summed = False
+                series = self.gpus[g.index] = GpuSeries(self.thresholds.window_samples)
+            util = g.utilization
+            if util is None or util < floor:
+                if series.values:
+                    series.reset()
                 continue
-            power = g["power_watts"]
-            total = g["memory_total_bytes"]
-            mem = g["memory_used_bytes"] / total if total else 1.0
-            values.append((util, power, mem))
-            if series.summed:
-                u, p, m = values.popleft()
-                series.util_sum += util - u
-                series.util_sq += util * util - u * u
-                series.power_sum += power - p
-                series.power_sq += power * power - p * p
-                series.mem_sum += mem - m
-                full += 1
-            elif len(values) == series.length:
-                series.sum()
-                full += 1
-        if len(sample_gpus) != len(gpus):
-            # A GPU that is missing from a sample starts over: its window is no longer consecutive.
-            present = {g.index for g in sample_gpus}
-            for index in [i for i in gpus if i not in present]:
-                del gpus[index]
-            full = sum(1 for s in gpus.values() if s.full)
-        self.full_gpus = full
-        self.over_bounds = over
-        dcgm = fields["dcgm"]
-        self.tensor.append(dcgm.get(DCGM_TENSOR_ACTIVE) if dcgm else None)
+            mem = None
+            if g.memory_used_bytes is not None and g.memory_total_bytes:
+                mem = g.memory_used_bytes / g.memory_total_bytes
+            series.push(util, g.power_watts, mem, _tensor(g, sample.dcgm))
+        # A GPU missing from a sample starts over: its window is no longer consecutive.
+        for index in [i for i in self.gpus if i not in present]:
+            del self.gpus[index]
 
-    @property
-    def tensor_active_mean(self) -> float | None:
-        """Mean tensor-pipe activity over the window, or None unless every sample in it had the metric."""
-        samples, mean = self._tensor_mean
-        if samples != self.samples:
-            tq = self.tensor
-            mean = None if not tq or None in tq else math.fsum(tq) / len(tq)  # type: ignore[arg-type]
-            self._tensor_mean = (self.samples, mean)
-        return mean
+    def full(self) -> tuple[GpuStats, ...]:
+        """The GPUs whose window is full of busy samples, summarised."""
+        return tuple(s.stats(i) for i, s in sorted(self.gpus.items()) if s.full)

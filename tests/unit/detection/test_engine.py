@@ -9,15 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainguard.api.v1alpha1 import Monitoring, Policy
+from trainguard.detection import EngineContext
 from trainguard.detection.engine import Engine, ManualClock
 from trainguard.detection.violation import Decision
 
-from .samples import POD, T0, conn, listen, policy, proc, sample
+from .samples import CTX, POD, T0, conn, listen, policy, proc, sample
 
 
 def engine(pol: Policy | None = None, **monitoring: Any) -> tuple[Engine, ManualClock]:
     clock = ManualClock(T0)
-    return Engine(pol or Policy(), clock=clock, monitoring=Monitoring.model_validate(monitoring)), clock
+    return Engine(pol or Policy(), CTX, clock=clock, monitoring=Monitoring.model_validate(monitoring)), clock
 
 
 def feed(e: Engine, clock: ManualClock, samples: list[Any]) -> list[Decision]:
@@ -25,7 +26,7 @@ def feed(e: Engine, clock: ManualClock, samples: list[Any]) -> list[Decision]:
     for s in samples:
         clock.set(s.ts)
         out.extend(e.tick(s.ts))
-        out.extend(e.observe(s))
+        out.extend(e.observe(s.pod, s))
     return out
 
 
@@ -97,7 +98,7 @@ def test_conclusive_rules_skip_the_debounce() -> None:
 
 def test_violation_fields() -> None:
     e, clock = engine(policy(enforcement={"debounce": {"samples": 1}, "dryRun": True}))
-    [d] = feed(e, clock, [sample(t=3, connections=[conn("192.0.2.9:8443", pid=1)])])
+    [d] = feed(e, clock, [sample(t=3, connections=[conn("192.0.2.9:8443", pid=27)])])
     v = d.violation
     assert (v.rule, v.severity, v.pod, v.identity) == ("net.egress.undeclared", "High", POD, "192.0.2.9:8443")
     assert v.first_seen == v.last_seen == T0 + 3
@@ -201,14 +202,15 @@ def test_sensor_silent_then_cleared_by_the_next_sample() -> None:
     assert (silent.kind, silent.violation.rule, silent.violation.first_seen) == ("new", "sensor.silent", T0)
     assert e.tick(T0 + 11) == []  # still standing, not raised again
     clock.set(T0 + 12)
-    [cleared] = e.observe(sample(t=12))
-    assert (cleared.kind, cleared.violation.rule, cleared.violation.last_seen) == ("cleared", "sensor.silent", T0 + 12)
+    decisions = e.observe(POD, sample(t=12))
+    assert [(d.kind, d.violation.rule) for d in decisions] == [("new", "sensor.gap"), ("cleared", "sensor.silent")]
+    # The 11 s without a sample are also a gap past the 10 s tolerance: sensor.gap stands.
 
 
 def test_silence_is_judged_by_arrival_time_not_sample_time() -> None:
     e, clock = engine(sensorSilenceSeconds=10)
     clock.set(T0 + 100)
-    e.observe(sample(t=0))  # a sensor whose clock is 100 s behind
+    e.observe(POD, sample(t=0))  # a sensor whose clock is 100 s behind
     assert e.tick(T0 + 105) == []
 
 
@@ -228,23 +230,22 @@ def test_sensor_restarted() -> None:
     assert kinds(d) == [("new", "sensor.restarted", 2)]
 
 
-def test_pod_ips_are_learned_from_local_addresses() -> None:
+def test_nothing_is_learned_from_samples_pod_ips_come_from_the_context() -> None:
+    """A sample binding any address (IP_TRANSPARENT) makes no address a job pod; the context does."""
     e, clock = engine(policy(enforcement={"debounce": {"samples": 1}}))
-    peer = "agents/worker-1"
-    d = feed(
-        e,
-        clock,
-        [
-            sample(t=0, pod=peer, connections=[conn("10.96.0.10:53", proto="udp", local_ip="10.244.2.11")]),
-            sample(t=0, connections=[conn("10.244.2.11:41000")]),
-        ],
-    )
-    assert d == []
-    e2, clock2 = engine(policy(enforcement={"debounce": {"samples": 1}}))
-    assert len(feed(e2, clock2, [sample(t=0, connections=[conn("10.244.2.11:41000")])])) == 1
+    spoof = sample(t=0, connections=[conn("192.0.2.50:443", local_ip="192.0.2.66")])
+    ssh = sample(t=1, connections=[conn("192.0.2.66:22")])
+    d = feed(e, clock, [spoof, ssh])
+    assert ("net.tunnel", "192.0.2.66:22") in {(x.violation.rule, x.violation.identity) for x in d}
+    e.update(context=EngineContext(job_pod_ips=CTX.job_pod_ips | {"192.0.2.66"}, dns_resolvers=CTX.dns_resolvers))
+    clock.set(T0 + 2)
+    d2 = e.observe(POD, sample(t=2, connections=[conn("192.0.2.66:22")]))
+    assert not [x for x in d2 if x.kind == "new"]
 
 
-def test_engine_lists_the_rules_the_policy_enables() -> None:
+def test_engine_lists_its_rules_one_module_per_family() -> None:
     e, _ = engine(Policy())
-    assert "gpu.power" not in e.rules and "process.unexpected" not in e.rules
-    assert {"process.denied", "gpu.mining-signature", "net.tunnel", "sensor.restarted"} <= set(e.rules)
+    families = {r.split(".")[0] for r in e.rules}
+    assert families == {"process", "gpu", "net", "sensor"}
+    assert {"process.denied", "process.reverse-shell", "gpu.mining-signature", "net.tunnel"} <= set(e.rules)
+    assert {"net.socket.unconnected", "sensor.gap", "sensor.degraded", "sensor.restarted"} <= set(e.rules)

@@ -9,15 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from trainguard import cli
+from trainguard.cli import replay as command
+
 TRACES = Path(__file__).resolve().parents[3] / "examples" / "traces"
 TRAINGUARD = Path(sys.executable).with_name("trainguard")
 POLICY = TRACES / "policy-training.yaml"
 
 
-def replay(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TRAINGUARD), "replay", *map(str, args)], capture_output=True, text=True, check=False, timeout=60
-    )
+#: What the operator would read from the API server for the example traces' job (scenarios.json).
+CLUSTER = [
+    *("--dns-resolver", "10.96.0.10"),
+    *("--pod-ip", "10.244.1.10"),
+    *("--pod-ip", "10.244.2.11"),
+    *("--pod-ip", "10.244.3.12"),
+]
+
+
+def replay(*args: str | Path, cluster: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [str(TRAINGUARD), "replay", *map(str, args), *(CLUSTER if cluster else [])]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
 
 
 def test_benign_exits_0_with_a_summary() -> None:
@@ -140,11 +151,53 @@ def test_context_flags(tmp_path: Path) -> None:
             for i in range(5)
         )
     )
-    assert replay("--policy", POLICY, trace).returncode == 0
-    # With the resolver named, DNS to another address is undeclared egress.
-    r = replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.99")
+    # No resolver named: port 53 is egress like any other (fails closed), and the replay says so.
+    r = replay("--policy", POLICY, trace, cluster=False)
+    assert r.returncode == 3 and "10.96.0.10:53" in r.stdout
+    assert "assumed: DNS resolvers: none given" in r.stderr
+    r = replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.99", cluster=False)
     assert r.returncode == 3
-    assert "10.96.0.10:53" in r.stdout
-    assert replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.10").returncode == 0
+    assert replay("--policy", POLICY, trace, "--dns-resolver", "10.96.0.10", cluster=False).returncode == 0
     r = replay("--policy", POLICY, TRACES / "ddp-nccl.jsonl", "--pod-ip", "not-an-ip")
-    assert r.returncode == 2
+    assert r.returncode == 2 and "not-an-ip" in r.stderr
+    r = replay("--policy", POLICY, trace, "--selector-peer", "0=10.0.0.1")
+    assert r.returncode == 2 and "not a selector rule" in r.stderr
+
+
+def test_an_empty_trace_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = replay("--policy", POLICY, empty)
+    assert r.returncode == 2 and "no sample" in r.stderr
+
+
+def test_a_sensor_killed_before_the_end_is_silent_there(tmp_path: Path) -> None:
+    lines = (TRACES / "steady-pretrain.jsonl").read_text().splitlines()
+    cut = tmp_path / "cut.jsonl"
+    # Worker 1's sensor dies at t=30 while worker 0's goes on: silent during the trace.
+    cut.write_text(
+        "".join(
+            line + "\n"
+            for line in lines
+            if not ('"agents/rl-trainer-worker-1"' in line and json.loads(line)["ts"] >= 1767225630)
+        )
+    )
+    r = replay("--policy", POLICY, cut, "--output", "json")
+    silent = [json.loads(x) for x in r.stdout.splitlines() if '"sensor.silent"' in x]
+    assert r.returncode == 3 and silent and silent[0]["pod"] == "agents/rl-trainer-worker-1"
+    # A single pod killed at the end: silent only when the clock runs on past the last sample.
+    solo = tmp_path / "solo.jsonl"
+    solo.write_text("".join(line + "\n" for line in lines[:40] if '"agents/rl-trainer-worker-0"' in line))
+    assert replay("--policy", POLICY, solo).returncode == 0
+    r = replay("--policy", POLICY, solo, "--run-on", "15")
+    assert r.returncode == 3 and "sensor.silent" in r.stdout
+
+
+def test_an_engine_error_is_not_reported_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault inside the engine surfaces as itself (a traceback, exit 1), never as exit 2 'bad input'."""
+    def broken(*_: object, **__: object) -> list[object]:
+        raise ValueError("an engine bug")
+
+    monkeypatch.setattr(command, "replay", broken)
+    with pytest.raises(ValueError, match="an engine bug"):
+        cli.main(["replay", "--policy", str(POLICY), str(TRACES / "ddp-nccl.jsonl")])

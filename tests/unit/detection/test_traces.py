@@ -31,7 +31,12 @@ def decisions_for(trace: str, policy: str) -> list[Decision]:
         items = [item for _, item in read_samples(fh, trace)]
     assert not [i for i in items if isinstance(i, LineError)]
     samples = sorted((i for i in items if not isinstance(i, LineError)), key=lambda s: s.ts)
-    return replay(job, samples, EngineContext())
+    scenario = next(s for s in SCENARIOS if s["trace"] == trace)
+    ctx = EngineContext(
+        dns_resolvers=frozenset(scenario["context"]["dnsResolvers"]),
+        job_pod_ips=frozenset(scenario["context"]["podIPs"]),
+    )
+    return replay(job.spec.policy, samples, ctx, job.spec.monitoring)
 
 
 def ids(kind: str) -> list[str]:
@@ -62,6 +67,16 @@ def test_attack_trace_raises_exactly_the_expected_rules_in_time(scenario: dict[s
         assert expect["from"] <= first <= deadline, (expect["rule"], first - expect["from"])
     # Only the attacked pod is accused.
     assert {d.violation.pod for d in new} == {e["pod"] for e in scenario["expect"]}
+
+
+def test_without_the_clusters_facts_the_benign_traces_fail_closed() -> None:
+    """Nothing is learned from samples: without the pod IPs, NCCL and the rendezvous are undeclared egress."""
+    job = AgentTrainingJob.model_validate(yaml.safe_load((TRACES / "policy-dev.yaml").read_text()))
+    with (TRACES / "pip-tensorboard.jsonl").open("rb") as fh:
+        samples = [item for _, item in read_samples(fh, "t") if not isinstance(item, LineError)]
+    rules = {(d.violation.rule, d.violation.identity) for d in replay(job.spec.policy, samples, EngineContext())}
+    assert ("net.egress.undeclared", "10.244.1.10:29500") in rules
+    assert ("net.egress.undeclared", "10.244.2.11:41010") in rules
 
 
 def test_policies_are_valid_agent_training_jobs() -> None:

@@ -27,7 +27,7 @@ class Command(Protocol):
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "crdgen": ("trainguard.api.crdgen", "write the CRD and the sample schema from the API models"),
-    "replay": ("trainguard.detection.replay", "run the detection engine over recorded traces"),
+    "replay": ("trainguard.cli.replay", "run the detection engine over recorded traces"),
     "sensor": ("trainguard.sensor.command", "run the per-pod sensor (sidecar)"),
 }
 

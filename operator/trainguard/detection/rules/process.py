@@ -1,0 +1,97 @@
+"""The process rules: what runs in the pod, judged by its executable, its arguments and its streams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from trainguard.detection import tools
+from trainguard.detection.rules.base import NOTHING, Rule, RuleInput, connection_evidence, process_evidence
+from trainguard.detection.violation import EvidenceValue, Finding
+
+PROCESS_DENIED = "process.denied"
+PROCESS_UNEXPECTED = "process.unexpected"
+PROCESS_REVERSE_SHELL = "process.reverse-shell"
+
+
+def _label(name: str, exe: str, argv: list[str]) -> str:
+    return name or tools.basename(exe) or (argv[0][:64] if argv else "(unnamed)")
+
+
+def process_denied(inp: RuleInput) -> Sequence[Finding]:
+    """A process that matches a denied pattern (the policy's), or is a known miner or tunnel tool (the
+    shipped list, unless useDefaultDenied is false), by any name it shows or its arguments. GPU
+    processes are checked too: a process on the pod's GPU may be missing from its process list."""
+    policy = inp.policy
+    found: list[Finding] = []
+    for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True):
+        why = verdict.denied
+        if why is not None:
+            found.append(
+                Finding(PROCESS_DENIED, _label(p.name, p.exe, p.argv), {**process_evidence(p), "pattern": why})
+            )
+    for g in inp.sample.gpus:
+        for gp in g.processes:
+            why = policy.gpu_process(gp)[0]
+            if why is not None:
+                evidence: dict[str, EvidenceValue] = {
+                    "gpu": g.index,
+                    "pid": gp.pid,
+                    "process": gp.name,
+                    "exe": gp.exe,
+                    "pattern": why,
+                }
+                found.append(Finding(PROCESS_DENIED, _label(gp.name, gp.exe, gp.argv), evidence))
+    return found or NOTHING
+
+
+def process_unexpected(inp: RuleInput) -> Sequence[Finding]:
+    """With processes.allowed: a process whose executable matches none of the patterns (a process
+    converted from version 1 is judged by argv[0] and name). The plumbing containers are exempt."""
+    policy = inp.policy
+    if policy.allowed is None:
+        return NOTHING
+    found = [
+        Finding(PROCESS_UNEXPECTED, _label(p.name, p.exe, p.argv), process_evidence(p))
+        for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True)
+        if verdict.unexpected
+    ]
+    return found or NOTHING
+
+
+def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
+    """A shell or interpreter whose standard input or output is a network socket: a reverse shell,
+    whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container").
+    The socket is a network one when its inode is one of the pod's sockets with a peer or without,
+    or when the sensor could not give its inode (what cannot be told apart is not excused)."""
+    s = inp.sample
+    found: list[Finding] = []
+    for p in s.processes:
+        streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
+        if not streams:
+            continue
+        what = tools.shell_or_interpreter(p)
+        if what is None:
+            continue
+        by_inode = {c.inode: c for c in s.connections if c.inode}
+        unconnected = {u.inode for u in s.unconnected if u.inode}
+        for fd, st in streams:
+            if st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
+                continue  # a socket the pod has no network socket for: a unix socket
+            c = by_inode.get(st.inode) if st.inode is not None else None
+            evidence = (
+                connection_evidence(s, c, stream=fd, interpreter=what)
+                if c is not None
+                else {**process_evidence(p), "stream": fd, "interpreter": what, "socket": st.target}
+            )
+            if c is not None:
+                evidence = {**evidence, **process_evidence(p)}
+            found.append(Finding(PROCESS_REVERSE_SHELL, f"pid {p.pid}", evidence))
+            break
+    return found or NOTHING
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(PROCESS_DENIED, "Critical", True, process_denied, "denied process"),
+    Rule(PROCESS_UNEXPECTED, "Medium", False, process_unexpected, "process not allowed"),
+    Rule(PROCESS_REVERSE_SHELL, "Critical", True, process_reverse_shell, "reverse shell"),
+)
