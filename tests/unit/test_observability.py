@@ -44,17 +44,13 @@ TARGET_LABELS = frozenset(
     {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
     | {"app_kubernetes_io_name", "app_kubernetes_io_component"}
 )
-#: Rule names alerted on that arrive with the Detection v2 issue (sensor.identity: a sample that fails its signature or
-#: names another pod; sensor.gap: gaps in sample time past a tolerance). Drop each from here once
-#: trainguard.detection.rules defines it.
-PENDING_RULES = frozenset({"sensor.identity", "sensor.gap"})
 #: Grafana's variables, replaced by what they stand for before parsing.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": ".*", "$job": ".*"}
 
 
 def detection_rule_names() -> frozenset[str]:
-    names = {v for k, v in vars(rules).items() if k.isupper() and isinstance(v, str) and "." in v}
-    return frozenset(names | PENDING_RULES)
+    """Every rule the engine can report (its table names them all, the engine's own included)."""
+    return frozenset(rules.RULES)
 
 
 @dataclass(frozen=True)
