@@ -28,6 +28,7 @@ class Command(Protocol):
 COMMANDS: dict[str, tuple[str, str]] = {
     "crdgen": ("trainguard.api.crdgen", "write the CRD and the sample schema from the API models"),
     "replay": ("trainguard.detection.replay", "run the detection engine over recorded traces"),
+    "run": ("trainguard.handlers.command", "run the operator (kopf): AgentTrainingJobs in, guarded Jobs out"),
     "sensor": ("trainguard.sensor.command", "run the per-pod sensor (sidecar)"),
 }
 

@@ -19,13 +19,10 @@ class UnbuildableSpec(ValueError):
     """A spec the CRD accepts but trainguard cannot build children from; the message says what to change."""
 
 
-def policy_hash(spec: dict[str, Any], settings: BuildSettings) -> str:
-    """A short hash of everything the pods are built from: the spec and the sensor's settings."""
-    material = json.dumps(
-        {"spec": spec, "sensor": [settings.sensor.image, settings.sensor.port, settings.sensor.uid]},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def policy_hash(job_spec: dict[str, Any]) -> str:
+    """A short hash of the Job as built (its pod template, the sensor's image and configuration included): a
+    change to it needs a new Job (a pod template is immutable); a change only to the NetworkPolicies does not."""
+    material = json.dumps(job_spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -136,9 +133,7 @@ def harden_container(container: dict[str, Any], keep: set[str]) -> dict[str, Any
     return out
 
 
-def pod_template(
-    atj: dict[str, Any], job: v1alpha1.AgentTrainingJob, settings: BuildSettings, digest: str
-) -> dict[str, Any]:
+def pod_template(atj: dict[str, Any], job: v1alpha1.AgentTrainingJob, settings: BuildSettings) -> dict[str, Any]:
     """The workload's template as written, hardened, labelled, with the sensor in front of its init containers."""
     name = atj["metadata"]["name"]
     raw = copy.deepcopy(atj["spec"]["template"])
@@ -176,7 +171,6 @@ def pod_template(
     labels[names.JOB_LABEL] = name
     meta["labels"] = labels
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(names.PREFIX)}
-    annotations[names.POLICY_HASH_ANNOTATION] = digest
     if token:
         annotations[names.TOKEN_ALLOWED_ANNOTATION] = "true"
     if keep:
@@ -195,7 +189,6 @@ def job(atj: dict[str, Any], parsed: v1alpha1.AgentTrainingJob, settings: BuildS
     replacement is only made once the old pod is fully gone, never next to it.
     """
     name = atj["metadata"]["name"]
-    digest = policy_hash(atj["spec"], settings)
     spec = parsed.spec
     body: dict[str, Any] = {
         "apiVersion": "batch/v1",
@@ -222,10 +215,12 @@ def job(atj: dict[str, Any], parsed: v1alpha1.AgentTrainingJob, settings: BuildS
                     },
                 ]
             },
-            "template": pod_template(atj, parsed, settings, digest),
+            "template": pod_template(atj, parsed, settings),
         },
     }
-    body["metadata"]["annotations"] = {names.POLICY_HASH_ANNOTATION: digest}
     if spec.active_deadline_seconds is not None:
         body["spec"]["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    digest = policy_hash(body["spec"])
+    body["metadata"]["annotations"] = {names.POLICY_HASH_ANNOTATION: digest}
+    body["spec"]["template"]["metadata"]["annotations"][names.POLICY_HASH_ANNOTATION] = digest
     return body

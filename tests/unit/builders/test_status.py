@@ -33,7 +33,10 @@ def cond(s: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def test_a_reconciled_job_with_running_monitored_pods() -> None:
     seen = status.Observed(
-        generation=3, job=job(), pods=[pod("a"), pod("b", sensor_ready=False), pod("c", "Pending", sensor_ready=False)], foreign_policies=[]
+        generation=3,
+        job=job(),
+        pods=[pod("a"), pod("b", sensor_ready=False), pod("c", "Pending", sensor_ready=False)],
+        foreign_policies=[],
     )
     s = status.compute(None, seen, suspended=False, now="T1")
     assert s["phase"] == "Running" and s["observedGeneration"] == 3
