@@ -86,14 +86,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=watch.inactivity_timeout_s,
         help="seconds without any event or bookmark before a watch is reopened (default %(default)s)",
     )
+    add(
+        "--request-timeout",
+        type=_positive,
+        default=watch.request_timeout_s,
+        help="seconds one API request (not a watch) may take (default %(default)s)",
+    )
     add("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads the same file
     if args.workers < 1:
         log.error("--workers must be at least 1")
         return 2
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         sensor=SensorSettings(image=args.sensor_image, port=args.sensor_port, uid=args.sensor_uid),
         operator_namespace=args.operator_namespace,
     )
-    api = Api(connect(args.kubeconfig))
+    api = Api(connect(args.kubeconfig), timeout=(args.watch_connect_timeout, args.request_timeout))
     metrics = OperatorMetrics()
     reconciler = Reconciler(api, settings, metrics)
     namespaces = sorted(set(args.namespace)) or None
@@ -122,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         client_timeout_s=args.watch_client_timeout,
         connect_timeout_s=args.watch_connect_timeout,
         inactivity_timeout_s=args.watch_inactivity_timeout,
+        request_timeout_s=args.request_timeout,
     )
     reg = registry(Wiring(reconciler, queue), watch, args.resync, args.workers)
     try:

@@ -60,3 +60,5 @@ def configure(log_format: str, level: str) -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "kubernetes", "asyncio", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if level != "DEBUG":  # kopf says "Handler ... succeeded" for every watch event of every pod
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)

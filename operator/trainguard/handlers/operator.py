@@ -17,6 +17,7 @@ import kopf
 
 from trainguard.api import v1alpha1
 from trainguard.builders import names
+from trainguard.k8s.client import credentials
 from trainguard.k8s.reconcile import Reconciler
 from trainguard.k8s.workqueue import Key, WorkQueue
 
@@ -34,6 +35,8 @@ class WatchSettings:
     inactivity_timeout_s: float = 70.0
     """No event, not even a bookmark (the API server sends one about every minute), for this long: the stream is
     taken for dead and reopened. kopf >= 1.44 asks for bookmarks on every watch."""
+    request_timeout_s: float = 30.0
+    """Every other request of kopf's (patches of its annotations, Events): 5 minutes by default in kopf."""
 
 
 @dataclass
@@ -69,10 +72,12 @@ def configure(settings: kopf.OperatorSettings, watch: WatchSettings, workers: in
         prefix=names.PREFIX.rstrip("/"), key="last-handled-configuration", ignored_fields=["status"]
     )
     settings.persistence.finalizer = names.FINALIZER
-    settings.watching.server_timeout = watch.server_timeout_s
+    settings.watching.server_timeout = int(watch.server_timeout_s)  # the API server wants an integer
     settings.watching.client_timeout = watch.client_timeout_s
     settings.watching.connect_timeout = watch.connect_timeout_s
     settings.watching.inactivity_timeout = watch.inactivity_timeout_s
+    settings.networking.request_timeout = watch.request_timeout_s
+    settings.networking.connect_timeout = watch.connect_timeout_s
     settings.posting.level = logging.WARNING  # kopf's own Events only for problems
     settings.execution.max_workers = max(4, workers)
 
@@ -82,7 +87,19 @@ def registry(wiring: Wiring, watch: WatchSettings, resync_s: float, workers: int
     g, v, p = v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL
     guarded: dict[str, Any] = {names.JOB_LABEL: kopf.PRESENT}
 
-    kopf.on.login(registry=reg)(kopf.login_via_client)
+    @kopf.on.login(registry=reg)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """kopf talks to the API server the reconciler uses, with the same credentials."""
+        c = credentials(wiring.reconciler.api.api_client)
+        return kopf.ConnectionInfo(
+            server=c.server,
+            ca_path=c.ca_path,
+            insecure=c.insecure,
+            scheme=c.scheme,
+            token=c.token,
+            certificate_path=c.certificate_path,
+            private_key_path=c.private_key_path,
+        )
 
     @kopf.on.startup(registry=reg)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -77,6 +77,35 @@ def connect(kubeconfig: str | None = None) -> client.ApiClient:
         return client.ApiClient(cfg)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Where the API server is and how to authenticate: what kopf's login needs (the same as our client's)."""
+
+    server: str
+    ca_path: str | None
+    insecure: bool
+    scheme: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+
+
+def credentials(api_client: client.ApiClient) -> Credentials:
+    cfg = api_client.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return Credentials(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
 class Api:
     """JSON requests with the credentials of one ApiClient."""
 

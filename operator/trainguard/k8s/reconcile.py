@@ -23,6 +23,7 @@ Outcome = Literal["reconciled", "invalid", "error", "gone"]
 
 #: API errors that mean "the request is wrong" (the spec must change), as opposed to "try again".
 REFUSED = frozenset({400, 403, 409, 422})
+MAX_LABEL_VALUE = 63
 
 
 def utcnow() -> str:
@@ -83,7 +84,7 @@ class Reconciler:
         try:
             children = builders.build(atj, self.settings)
             pod_labels = children.pod_labels
-            self.api.apply(children.service_account)
+            self._apply(children.service_account)
             self._apply_network_policies(children.network_policies)
             job = self._apply_job(atj, children.job)
         except builders.UnbuildableSpec as error:
@@ -93,7 +94,7 @@ class Reconciler:
         if job is None:
             existing = self.api.get("Job", namespace, names.job_name(name))
             job = existing if existing is not None and _owned_by(existing, atj) else None
-        pods = self.api.list("Pod", namespace, f"{names.JOB_LABEL}={name}")
+        pods = self._pods(namespace, name)
         policies = self.api.list("NetworkPolicy", namespace)
         if problem is None:
             self._delete_stale_policies(name, policies, children.network_policies)
@@ -115,11 +116,17 @@ class Reconciler:
             return "invalid"
         return "reconciled"
 
+    def _pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The job's pods; none can exist when its name is too long to be a label value."""
+        if len(name) > MAX_LABEL_VALUE:
+            return []
+        return self.api.list("Pod", namespace, f"{names.JOB_LABEL}={name}")
+
     def _apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
             return self.api.apply(body)
         except ApiError as error:
-            if error.status in REFUSED:
+            if error.status in REFUSED or _typed_patch_refused(error):
                 kind, child = body["kind"], body["metadata"]["name"]
                 raise Refused(status.Problem(f"{kind}Refused", f"{kind} {child}: {error.message}")) from None
             raise
@@ -234,7 +241,7 @@ class Reconciler:
         self,
         atj: Mapping[str, Any],
         attempts: int = 5,
-        backoff_s: float = 1.0,
+        backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> bool:
         """Remove what owner references do not: the quarantine label and condition on pods of the job that
@@ -244,7 +251,7 @@ class Reconciler:
         last: ApiError | None = None
         for attempt in range(attempts):
             try:
-                for pod in self.api.list("Pod", namespace, f"{names.JOB_LABEL}={name}"):
+                for pod in self._pods(namespace, name):
                     self._release(pod)
                 self.forget(namespace, name)
                 return True
@@ -293,6 +300,12 @@ class Reconciler:
         """Apply the ValidatingAdmissionPolicy and its binding (cluster-scoped; needs the RBAC to do so)."""
         self.api.apply(builders.admission.validating_admission_policy(self.settings.sensor, usernames))
         self.api.apply(builders.admission.validating_admission_policy_binding(namespaces))
+
+
+def _typed_patch_refused(error: ApiError) -> bool:
+    """Server-side apply answers a field the schema does not know (a typo in the template) with a 500 whose
+    message names the field; it is the spec that must change, not a server fault."""
+    return error.status == 500 and "failed to create typed patch object" in error.message
 
 
 def _owned_by(obj: Mapping[str, Any], atj: Mapping[str, Any]) -> bool:
