@@ -53,7 +53,7 @@ def validating_admission_policy(sensor: SensorSettings, operator_usernames: Sequ
     """The policy. `operator_usernames`: who may change trainguard.io/ labels, annotations and pod conditions
     (the operator's ServiceAccount, `system:serviceaccount:<namespace>:<name>`)."""
     create = "request.operation == 'CREATE'"
-    not_status = "request.subResource != 'status'"
+    not_status = "variables.notStatus"
     safe = _quote(v1alpha1.SAFE_CAPABILITIES)
     adds = (
         "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.capabilities)"
@@ -153,6 +153,7 @@ def validating_admission_policy(sensor: SensorSettings, operator_usernames: Sequ
                 {"name": "guarded-pod", "expression": f"({_labelled('object')}) || ({_labelled('oldObject')})"}
             ],
             "variables": [
+                {"name": "notStatus", "expression": "!has(request.subResource) || request.subResource != 'status'"},
                 {"name": "containers", "expression": f"object.spec.containers + {init} + {ephemeral}"},
                 {"name": "sensors", "expression": f"{init}.filter(c, c.name == '{names.SENSOR_CONTAINER}')"},
                 {"name": "isOperator", "expression": f"request.userInfo.username in {_quote(operator_usernames)}"},
