@@ -15,6 +15,7 @@ from kubernetes import client
 
 from tests.integration import kubelet
 from tests.integration.conftest import Cluster
+from tests.integration.freezing_proxy import freezing_proxy
 from tests.integration.running_operator import ATJ, RunningOperator, run_operator
 from tests.polling import wait_for
 
@@ -63,9 +64,23 @@ def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Runni
         yield running
 
 
+@pytest.fixture
+def guarding_operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[RunningOperator]:
+    """The operator that also applies the admission policy for its namespace (as its own identity)."""
+    try:
+        with run_operator(cluster, namespace, tmp_path, "--admission-policy") as running:
+            yield running
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding", "trainguard-guarded-pods", "--ignore-not-found")
+        cluster.kubectl("delete", "validatingadmissionpolicy", "trainguard-guarded-pods", "--ignore-not-found")
+
+
 def test_a_job_gets_its_guarded_children_and_a_real_status(
-    cluster: Cluster, namespace: str, operator: RunningOperator
+    cluster: Cluster, namespace: str, guarding_operator: RunningOperator
 ) -> None:
+    operator = guarding_operator
+    binding = cluster.admission.read_validating_admission_policy_binding("trainguard-guarded-pods")
+    assert binding.spec.match_resources.namespace_selector.match_expressions[0].values == [namespace]
     create(cluster, namespace, example())
     atj = wait_for(lambda: ready(cluster, namespace, "rome-lockdown"), 30, "rome-lockdown never became Ready")
     sa = cluster.core.read_namespaced_service_account("rome-lockdown-workload", namespace)
@@ -111,7 +126,7 @@ def test_a_job_gets_its_guarded_children_and_a_real_status(
         found = cluster.core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}=rome-lockdown").items
         return [p.metadata.name for p in found] if len(found) == 2 else None
 
-    pods = wait_for(two_pods, 30, "the Job controller made no 2 pods")
+    pods = wait_for(two_pods, 30, "the Job controller made no 2 pods (the admission policy admits its pods)")
     for pod in pods:
         kubelet.run_pod(cluster.core, pod, namespace)
 
@@ -285,3 +300,28 @@ def test_deletion_releases_pods_that_outlive_the_job(
     survivor = cluster.core.read_namespaced_pod("survivor", namespace)
     assert "trainguard.io/quarantined" not in (survivor.metadata.labels or {})
     assert all(c.type != "trainguard.io/Quarantined" for c in survivor.status.conditions or [])
+
+
+def test_a_watch_that_stops_answering_is_reopened(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """Every connection the operator has open stops delivering, without closing. With an inactivity timeout of
+    3 s the watches are reopened (new connections work) and a job created after the freeze is reconciled; with
+    kopf's old behaviour (no inactivity timeout) the operator would stay blind until the 10-minute watch limit."""
+    with (
+        freezing_proxy(cluster.kubeconfig, tmp_path) as (proxy, kubeconfig),
+        run_operator(
+            cluster,
+            namespace,
+            tmp_path,
+            "--watch-inactivity-timeout=3",
+            "--watch-server-timeout=600",
+            "--watch-client-timeout=600",
+            "--request-timeout=5",
+            "--resync=600",
+            kubeconfig=kubeconfig,
+        ),
+    ):
+        create(cluster, namespace, example("minimal.yaml", name="before"))
+        wait_for(lambda: ready(cluster, namespace, "before"), 30, "the first job was not reconciled")
+        assert proxy.freeze() > 0
+        create(cluster, namespace, example("minimal.yaml", name="after"))
+        wait_for(lambda: ready(cluster, namespace, "after"), 40, "a job created after the freeze was never seen")

@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.registry)
         log.info("metrics on %s:%d", args.metrics_address, args.metrics_port)
-    queue = WorkQueue(work(reconciler), workers=args.workers)
+    queues: list[WorkQueue] = []
+    queue = WorkQueue(work(reconciler, lambda: queues[0]), workers=args.workers)
+    queues.append(queue)
     watch = WatchSettings(
         server_timeout_s=args.watch_server_timeout,
         client_timeout_s=args.watch_client_timeout,

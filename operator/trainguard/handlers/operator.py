@@ -58,9 +58,14 @@ class Wiring:
         self.reconciler.metrics.watched_jobs.set(sum(len(v) for v in self.known.values()))
 
 
-def work(reconciler: Reconciler) -> Callable[[Key], None]:
+#: Seconds before a reconcile that failed on the API (unreachable, timed out, 5xx) is tried again.
+RETRY_AFTER_S = 2.0
+
+
+def work(reconciler: Reconciler, queue: Callable[[], WorkQueue]) -> Callable[[Key], None]:
     def run(key: Key) -> None:
-        reconciler.reconcile(*key)
+        if reconciler.reconcile(*key) == "error":
+            queue().add_after(key, RETRY_AFTER_S)
 
     return run
 

@@ -36,6 +36,12 @@ class WorkQueue:
                 self._queue.append(key)
                 self._lock.notify()
 
+    def add_after(self, key: Key, delay_s: float) -> None:
+        """Queue the key again after a delay (a reconcile that failed for a reason worth retrying)."""
+        timer = threading.Timer(delay_s, self.add, (key,))
+        timer.daemon = True
+        timer.start()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._queue) + len(self._running)
