@@ -1,5 +1,8 @@
 """The kopf wiring: which events lead to which reconcile. No logic here; handlers return nothing.
 
+The handlers that only queue a key are coroutines (no thread hop per watch event); the deletion handler, which
+calls the API, is a plain function that kopf runs in its thread pool.
+
 Every trigger only queues the job's key: the AgentTrainingJob's own create/update/resume, the periodic resync
 (a kopf timer), and the watch events of its children (Job, pods, ServiceAccount, NetworkPolicies, a foreign
 NetworkPolicy included) so that drift is reverted as soon as it is seen. The WorkQueue coalesces them and runs
@@ -113,12 +116,12 @@ def registry(wiring: Wiring, watch: WatchSettings, resync_s: float, workers: int
     @kopf.on.resume(g, v, p, registry=reg)
     @kopf.on.create(g, v, p, registry=reg)
     @kopf.on.update(g, v, p, registry=reg)
-    def changed(*, namespace: str | None, name: str, **_: Any) -> None:
+    async def changed(*, namespace: str | None, name: str, **_: Any) -> None:
         if namespace:
             wiring.enqueue(namespace, name)
 
     @kopf.timer(g, v, p, interval=resync_s, initial_delay=resync_s, registry=reg)
-    def resync(*, namespace: str | None, name: str, **_: Any) -> None:
+    async def resync(*, namespace: str | None, name: str, **_: Any) -> None:
         if namespace:
             wiring.enqueue(namespace, name)
 
@@ -128,7 +131,7 @@ def registry(wiring: Wiring, watch: WatchSettings, resync_s: float, workers: int
             wiring.forget(namespace, name)
         wiring.reconciler.clean_up(dict(body))
 
-    def child(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def child(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         job = labels.get(names.JOB_LABEL)
         if namespace and job and job in wiring.known.get(namespace, set()):
             wiring.queue.add((namespace, job))
@@ -137,11 +140,15 @@ def registry(wiring: Wiring, watch: WatchSettings, resync_s: float, workers: int
         kopf.on.event(group, version, plural, labels=guarded, registry=reg)(child)
 
     @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", registry=reg)
-    def policy(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        """Ours: requeue its job. Anyone else's: requeue every job of the namespace (it may select their pods)."""
+    async def policy(
+        *, type: str | None, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        """Ours: requeue its job. Anyone else's: remember it and requeue every job of the namespace (it may
+        select their pods)."""
         if labels.get(names.MANAGED_BY_LABEL) == names.MANAGED_BY and labels.get(names.JOB_LABEL):
-            child(namespace=namespace, labels=labels)
+            await child(namespace=namespace, labels=labels)
             return
+        wiring.reconciler.foreign.seen(dict(body), deleted=type == "DELETED")
         for job in list(wiring.known.get(namespace or "", set())):
             wiring.queue.add((namespace or "", job))
 

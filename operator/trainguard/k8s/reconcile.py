@@ -42,6 +42,32 @@ def _job_log(namespace: str, name: str) -> dict[str, Any]:
     return {"extra": {"job": f"{namespace}/{name}"}}
 
 
+class ForeignPolicies:
+    """NetworkPolicies not made by trainguard, per namespace, as the watch reports them: a reconcile checks them
+    without listing every NetworkPolicy of the namespace (thousands, with many jobs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_namespace: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def seen(self, policy: Mapping[str, Any], deleted: bool) -> None:
+        meta = policy.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        with self._lock:
+            known = self._by_namespace.setdefault(namespace, {})
+            if deleted:
+                known.pop(name, None)
+            else:
+                known[name] = {
+                    "metadata": {"name": name, "labels": dict(meta.get("labels") or {})},
+                    "spec": {"podSelector": (policy.get("spec") or {}).get("podSelector") or {}},
+                }
+
+    def of(self, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._by_namespace.get(namespace, {}).values())
+
+
 class Reconciler:
     """Reconciles AgentTrainingJobs by key; safe to call from several threads for different keys."""
 
@@ -51,9 +77,11 @@ class Reconciler:
         settings: builders.BuildSettings,
         metrics: OperatorMetrics | None = None,
         clock: Callable[[], str] = utcnow,
+        foreign: ForeignPolicies | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
+        self.foreign = foreign if foreign is not None else ForeignPolicies()
         self.metrics = metrics or OperatorMetrics()
         self.clock = clock
         self.instance = socket.gethostname()
@@ -95,10 +123,10 @@ class Reconciler:
             existing = self.api.get("Job", namespace, names.job_name(name))
             job = existing if existing is not None and _owned_by(existing, atj) else None
         pods = self._pods(namespace, name)
-        policies = self.api.list("NetworkPolicy", namespace)
-        if problem is None:
-            self._delete_stale_policies(name, policies, children.network_policies)
-        foreign = network.foreign_policies(policies, name, pod_labels)
+        if problem is None and len(name) <= MAX_LABEL_VALUE:
+            ours = self.api.list("NetworkPolicy", namespace, f"{names.JOB_LABEL}={name}")
+            self._delete_stale_policies(name, ours, children.network_policies)
+        foreign = network.foreign_policies(self.foreign.of(namespace), name, pod_labels)
         observed = status.Observed(
             generation=int(atj["metadata"].get("generation") or 0),
             job=job,
