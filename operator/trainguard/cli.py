@@ -33,8 +33,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Subcommands that need an extra: the sensor image installs trainguard without it.
+EXTRAS: dict[str, str] = {"run": "operator"}
+
+
 def _load(name: str) -> Command:
-    return cast(Command, importlib.import_module(COMMANDS[name][0]))
+    try:
+        return cast(Command, importlib.import_module(COMMANDS[name][0]))
+    except ModuleNotFoundError as error:
+        if name not in EXTRAS:
+            raise
+        sys.exit(
+            f"trainguard {name}: {error.name} is not installed; this install lacks the"
+            f" {EXTRAS[name]!r} extra (pip install 'trainguard[{EXTRAS[name]}]')"
+        )
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class SensorSettings:
     """How the sensor sidecar is run in every pod of every job."""
 
-    image: str = "ghcr.io/trainguard/trainguard:0.1.0"
+    image: str = "ghcr.io/trainguard/trainguard-sensor:0.1.0"
     """The sensor's image (the trainguard image; `trainguard sensor` is its command). The admission policy refuses
     a guarded pod whose sensor runs any other image."""
 
