@@ -325,3 +325,53 @@ def test_a_watch_that_stops_answering_is_reopened(cluster: Cluster, namespace: s
         assert proxy.freeze() > 0
         create(cluster, namespace, example("minimal.yaml", name="after"))
         wait_for(lambda: ready(cluster, namespace, "after"), 40, "a job created after the freeze was never seen")
+
+
+def test_two_replicas_with_distinct_priorities_one_acts(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """kopf peering: of two replicas with distinct priorities, the higher serves and the lower pauses."""
+    cluster.kubectl(
+        "apply", "--server-side", "--field-manager=trainguard-tests", f"-f={ROOT / 'deploy' / 'kopf-peering.yaml'}"
+    )
+    wait_for(
+        lambda: (
+            "Established=True"
+            in cluster.kubectl(
+                "get",
+                "crd",
+                "kopfpeerings.kopf.dev",
+                "-o",
+                "jsonpath={range .status.conditions[*]}{.type}={.status} {end}",
+            ).stdout
+        ),
+        30,
+        "the peering CRD is not Established",
+    )
+    cluster.custom.create_namespaced_custom_object(
+        "kopf.dev",
+        "v1",
+        namespace,
+        "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "trainguard"}},
+    )
+    (tmp_path / "low").mkdir()
+    (tmp_path / "high").mkdir()
+    with (
+        run_operator(cluster, namespace, tmp_path / "low", "--peering=trainguard", "--priority=10") as low,
+        run_operator(cluster, namespace, tmp_path / "high", "--peering=trainguard", "--priority=20") as high,
+    ):
+        wait_for(
+            lambda: any("Pausing" in line.get("message", "") for line in low.log_lines()),
+            30,
+            "the lower-priority replica did not pause",
+        )
+        create(cluster, namespace, example("minimal.yaml", name="peered"))
+        wait_for(lambda: ready(cluster, namespace, "peered"), 30, "nobody reconciled the job")
+
+        def reconciled(running: RunningOperator) -> float:
+            for line in running.metrics().splitlines():
+                if line.startswith('trainguard_reconciles_total{outcome="reconciled"}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        assert reconciled(high) > 0
+        assert reconciled(low) == 0
