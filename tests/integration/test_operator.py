@@ -258,6 +258,8 @@ def test_bad_input_is_reported_and_does_not_stop_other_jobs(  # noqa: PLR0917
     assert c["reason"] == reason and message in c["message"], c
     wait_for(lambda: events(cluster, namespace, name, reason), 10, "no Warning Event")
     wait_for(lambda: ready(cluster, namespace, "healthy"), 30, "the healthy job was held up by the broken one")
+    about = [line for line in operator.log_lines() if line["message"].startswith("not reconciled")]
+    assert about and all(line["job"] == f"{namespace}/{name}" for line in about)  # JSON logs name the job
     if len(name) <= 63:  # fix the spec: it recovers
         fixed = example("minimal.yaml")["spec"]["template"]
         cluster.custom.patch_namespaced_custom_object(*ATJ[:2], namespace, ATJ[2], name, {"spec": {"template": fixed}})

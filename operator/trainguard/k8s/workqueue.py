@@ -3,11 +3,14 @@ at the same time, and again after its current run if it was queued meanwhile."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 
 Key = tuple[str, str]  # (namespace, name)
+
+log = logging.getLogger("trainguard.operator")
 
 
 class WorkQueue:
@@ -65,6 +68,8 @@ class WorkQueue:
                 self._running.add(key)
             try:
                 self._work(key)
+            except Exception:  # a bug in one reconcile must not take a worker away from all the others
+                log.exception("reconcile of %s/%s raised", *key, extra={"job": f"{key[0]}/{key[1]}"})
             finally:
                 with self._lock:
                     self._running.discard(key)
