@@ -377,3 +377,43 @@ def test_two_replicas_with_distinct_priorities_one_acts(cluster: Cluster, namesp
 
         assert reconciled(high) > 0
         assert reconciled(low) == 0
+
+
+def test_a_quarantined_pod_fails_its_index_and_is_not_replaced(
+    cluster: Cluster, namespace: str, operator: RunningOperator
+) -> None:
+    """The Job controller answers a pod that failed with trainguard.io/Quarantined by failing its index, never with
+    a fresh copy; an ordinary failure of the other index is retried (backoffLimitPerIndex)."""
+    body = example("minimal.yaml")
+    body["spec"]["replicas"] = 2
+    create(cluster, namespace, body)
+    wait_for(lambda: ready(cluster, namespace, "minimal"), 30, "never Ready")
+
+    def pods_by_index() -> dict[str, list[client.V1Pod]]:
+        out: dict[str, list[client.V1Pod]] = {}
+        for p in cluster.core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}=minimal").items:
+            out.setdefault(p.metadata.annotations["batch.kubernetes.io/job-completion-index"], []).append(p)
+        return out
+
+    def two_indexes() -> dict[str, list[client.V1Pod]] | None:
+        found = pods_by_index()
+        return found if len(found) == 2 else None
+
+    first = wait_for(two_indexes, 30, "the Job controller made no pod for each index")
+    for pods in first.values():
+        kubelet.run_pod(cluster.core, pods[0].metadata.name, namespace)
+    quarantined, ordinary = first["0"][0].metadata.name, first["1"][0].metadata.name
+    cluster.core.patch_namespaced_pod_status(
+        quarantined,
+        namespace,
+        {"status": {"conditions": [{"type": "trainguard.io/Quarantined", "status": "True", "reason": "Tunnel"}]}},
+    )
+    kubelet.finish_pod(cluster.core, quarantined, namespace, exit_code=137)
+    kubelet.finish_pod(cluster.core, ordinary, namespace, exit_code=1)
+
+    def failed_index_zero() -> bool:
+        return cluster.batch.read_namespaced_job("minimal", namespace).status.failed_indexes == "0"
+
+    wait_for(failed_index_zero, 30, "index 0 was not failed by the podFailurePolicy")
+    wait_for(lambda: len(pods_by_index()["1"]) == 2, 30, "the ordinary failure of index 1 was not retried")
+    assert [p.metadata.name for p in pods_by_index()["0"]] == [quarantined]  # no fresh copy of the attack
