@@ -142,6 +142,18 @@ def test_a_job_gets_its_guarded_children_and_a_real_status(
     row = cluster.kubectl("get", "atj", "-n", namespace, "rome-lockdown", "--no-headers").stdout.split()
     assert row[:5] == ["rome-lockdown", "Running", "2", "2", "0"], row
 
+    # the sensor restarted (killed by the workload): the API server's restart count degrades the job
+    pod = cluster.core.read_namespaced_pod(pods[0], namespace)
+    statuses = [cluster.api.sanitize_for_serialization(s) for s in pod.status.init_container_statuses]
+    statuses[0]["restartCount"] = 1
+    cluster.core.patch_namespaced_pod_status(pods[0], namespace, {"status": {"initContainerStatuses": statuses}})
+
+    def degraded() -> dict[str, Any] | None:
+        c = condition(get(cluster, namespace, "rome-lockdown"), "Degraded")
+        return c if c.get("reason") == "SensorRestarted" else None
+
+    assert pods[0] in wait_for(degraded, 20, "a sensor restart did not degrade the job")["message"]
+
     # /metrics and structured logs
     text = operator.metrics()
     assert 'trainguard_reconciles_total{outcome="reconciled"}' in text
