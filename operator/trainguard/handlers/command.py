@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 from trainguard.builders import BuildSettings, SensorSettings
 from trainguard.handlers import logs
 from trainguard.handlers.operator import WatchSettings, Wiring, registry, work
-from trainguard.k8s.client import Api, ApiError, connect
+from trainguard.k8s.client import Api, ApiError, NoCluster, connect
 from trainguard.k8s.metrics import OperatorMetrics
 from trainguard.k8s.reconcile import Reconciler
 from trainguard.k8s.workqueue import WorkQueue
@@ -105,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
         sensor=SensorSettings(image=args.sensor_image, port=args.sensor_port, uid=args.sensor_uid),
         operator_namespace=args.operator_namespace,
     )
-    api = Api(connect(args.kubeconfig), timeout=(args.watch_connect_timeout, args.request_timeout))
+    try:
+        api = Api(connect(args.kubeconfig), timeout=(args.watch_connect_timeout, args.request_timeout))
+    except NoCluster as error:
+        log.error("cannot reach a cluster: %s", error)
+        return 1
     metrics = OperatorMetrics()
     reconciler = Reconciler(api, settings, metrics)
     namespaces = sorted(set(args.namespace)) or None
@@ -118,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         log.info("admission policy applied for %s (operator identity %s)", namespaces or "every namespace", me)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.registry)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.registry)
+        except OSError as error:
+            log.error("cannot serve /metrics on %s:%d: %s", args.metrics_address, args.metrics_port, error.strerror)
+            return 1
         log.info("metrics on %s:%d", args.metrics_address, args.metrics_port)
     queues: list[WorkQueue] = []
     queue = WorkQueue(work(reconciler, lambda: queues[0]), workers=args.workers)

@@ -65,16 +65,27 @@ KINDS: dict[str, Kind] = {
 }
 
 
+class NoCluster(Exception):
+    """No usable kubeconfig and no in-cluster account."""
+
+
 def connect(kubeconfig: str | None = None) -> client.ApiClient:
-    """A client from the kubeconfig file given, else $KUBECONFIG / ~/.kube/config, else the in-cluster account."""
-    if kubeconfig:
-        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+    """A client from the kubeconfig file given, else $KUBECONFIG / ~/.kube/config, else the in-cluster account.
+    NoCluster says which was tried when none works."""
     try:
-        return cast(client.ApiClient, config.new_client_from_config())  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return client.ApiClient(cfg)
+        if kubeconfig:
+            return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+        try:
+            return cast(client.ApiClient, config.new_client_from_config())  # type: ignore[no-untyped-call]
+        except config.ConfigException as outside:
+            cfg = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except config.ConfigException as inside:
+                raise NoCluster(f"no kubeconfig ({outside}) and not in a cluster ({inside})") from None
+            return client.ApiClient(cfg)
+    except (OSError, config.ConfigException) as error:
+        raise NoCluster(f"kubeconfig {kubeconfig}: {error}") from None
 
 
 @dataclass(frozen=True)
