@@ -338,7 +338,7 @@ def test_a_watch_that_stops_answering_is_reopened(cluster: Cluster, namespace: s
         wait_for(lambda: ready(cluster, namespace, "before"), 30, "the first job was not reconciled")
         assert proxy.freeze() > 0
         create(cluster, namespace, example("minimal.yaml", name="after"))
-        wait_for(lambda: ready(cluster, namespace, "after"), 40, "a job created after the freeze was never seen")
+        wait_for(lambda: ready(cluster, namespace, "after"), 90, "a job created after the freeze was never seen")
 
 
 def test_two_replicas_with_distinct_priorities_one_acts(cluster: Cluster, namespace: str, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The kopf wiring: which events lead to which reconcile. No logic here; handlers return nothing.
 
-The handlers that only queue a key are coroutines (no thread hop per watch event); the deletion handler, which
-calls the API, is a plain function that kopf runs in its thread pool.
+The handlers are coroutines that only touch the queue and the known jobs (no thread hop per watch event, and
+those two are only changed on the event loop); the deletion handler's API calls run in a thread.
 
 Every trigger only queues the job's key: the AgentTrainingJob's own create/update/resume, the periodic resync
 (a kopf timer), and the watch events of its children (Job, pods, ServiceAccount, NetworkPolicies, a foreign
@@ -11,6 +11,7 @@ the reconcile in worker threads: the event loop never waits for the API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -126,10 +127,10 @@ def registry(wiring: Wiring, watch: WatchSettings, resync_s: float, workers: int
             wiring.enqueue(namespace, name)
 
     @kopf.on.delete(g, v, p, registry=reg)
-    def deleted(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    async def deleted(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace:
             wiring.forget(namespace, name)
-        wiring.reconciler.clean_up(dict(body))
+        await asyncio.to_thread(wiring.reconciler.clean_up, dict(body))  # API calls, bounded retries
 
     async def child(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         job = labels.get(names.JOB_LABEL)

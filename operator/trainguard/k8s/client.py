@@ -146,6 +146,9 @@ class Api:
         except client.ApiException as error:  # the transport raises for non-2xx
             raise _error(error.status or 0, error.reason or "", error.body) from None
         except Exception as error:  # urllib3 connection errors and timeouts
+            # A connection that timed out may be one of several a broken network froze: drop every pooled one, so
+            # that the next request opens a fresh connection instead of waiting out each frozen one in turn.
+            self.api_client.rest_client.pool_manager.clear()
             raise ApiError(0, type(error).__name__, str(error)) from None
         data = response.data or b"{}"
         if not 200 <= response.status < 300:
