@@ -58,6 +58,14 @@ def events(cluster: Cluster, namespace: str, name: str, reason: str | None = Non
     return [e for e in found if e.type == "Warning" and (reason is None or e.reason == reason)]
 
 
+def reconciled(running: RunningOperator) -> float:
+    """trainguard_reconciles_total{outcome="reconciled"} of a running operator."""
+    for line in running.metrics().splitlines():
+        if line.startswith('trainguard_reconciles_total{outcome="reconciled"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[RunningOperator]:
     with run_operator(cluster, namespace, tmp_path) as running:
@@ -153,6 +161,12 @@ def test_a_job_gets_its_guarded_children_and_a_real_status(
         return c if c.get("reason") == "SensorRestarted" else None
 
     assert pods[0] in wait_for(degraded, 20, "a sensor restart did not degrade the job")["message"]
+
+    # the status is patched only when it changes: more reconciles (resync every 5 s), the same object
+    before = get(cluster, namespace, "rome-lockdown")["metadata"]["resourceVersion"]
+    count = reconciled(operator)
+    wait_for(lambda: reconciled(operator) >= count + 2, 30, "no resync reconciles")
+    assert get(cluster, namespace, "rome-lockdown")["metadata"]["resourceVersion"] == before
 
     # /metrics and structured logs
     text = operator.metrics()
@@ -380,12 +394,6 @@ def test_two_replicas_with_distinct_priorities_one_acts(cluster: Cluster, namesp
         )
         create(cluster, namespace, example("minimal.yaml", name="peered"))
         wait_for(lambda: ready(cluster, namespace, "peered"), 30, "nobody reconciled the job")
-
-        def reconciled(running: RunningOperator) -> float:
-            for line in running.metrics().splitlines():
-                if line.startswith('trainguard_reconciles_total{outcome="reconciled"}'):
-                    return float(line.split()[-1])
-            return 0.0
 
         assert reconciled(high) > 0
         assert reconciled(low) == 0
