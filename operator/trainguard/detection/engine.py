@@ -260,7 +260,8 @@ class Engine:
                 # Not always: holding a sample's lists makes the engine the one to free the last
                 # ones (about 40% of a clean sample's cost when nothing is ever shared).
                 if (
-                    same is not None and (processes is same[0] or listening is same[1] or connections is same[2])
+                    same is not None
+                    and (processes is same[0] or listening is same[1] or connections is same[2])
                 ) or not window.samples % 16:
                     pod.same = (processes, listening, connections, gpu_keys)
                 return []
