@@ -5,20 +5,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test unit demo bench clean
+.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test unit demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv and install trainguard with its dev extras
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+constraints: ## re-pin constraints.txt to the newest versions pyproject.toml allows (then run make test)
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin && .venv-pin/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions for CI and the images (make constraints). Used with pip install -c constraints.txt."; \
+	  .venv-pin/bin/pip freeze --exclude-editable | LC_ALL=C sort; } > constraints.txt && rm -rf .venv-pin
 
 lint: venv ## ruff
 	$(BIN)/ruff check operator tests bench dashboards

@@ -31,8 +31,19 @@ def _is_cidr(value: Any) -> celtypes.BoolType:
     return celtypes.BoolType("/" in text)
 
 
+def _cidr(value: Any) -> celtypes.StringType:
+    """Kubernetes' `cidr(string)`; its value is kept as the text (only `containsCIDR` is used on it)."""
+    return celtypes.StringType(str(value))
+
+
+def _contains_cidr(outer: Any, inner: Any) -> celtypes.BoolType:
+    """Kubernetes' `cidr(a).containsCIDR(b)`: b lies inside a (same IP family)."""
+    a, b = ipaddress.ip_network(str(outer), strict=False), ipaddress.ip_network(str(inner), strict=False)
+    return celtypes.BoolType(a.version == b.version and b.subnet_of(a))  # type: ignore[arg-type]
+
+
 _CEL = celpy.Environment()
-_FUNCTIONS = {"isCIDR": _is_cidr}
+_FUNCTIONS = {"isCIDR": _is_cidr, "cidr": _cidr, "containsCIDR": _contains_cidr}
 
 
 def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +61,8 @@ def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
         out["additionalProperties"] = to_jsonschema(node["additionalProperties"])
     if "items" in node:
         out["items"] = to_jsonschema(node["items"])
+    if node.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True  # the API server refuses a duplicate in a set list
     return out
 
 

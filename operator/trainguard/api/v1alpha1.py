@@ -167,6 +167,11 @@ class EgressRule(ApiModel):
                 "!has(self.except) || self.except.all(e, isCIDR(e))",
                 "every except entry must be a CIDR",
             ),
+            (
+                "!has(self.except) || !has(self.cidr) || !isCIDR(self.cidr)"
+                " || self.except.all(e, !isCIDR(e) || cidr(self.cidr).containsCIDR(e))",
+                "every except entry must lie inside cidr",
+            ),
         )
     )
 
@@ -182,6 +187,12 @@ class EgressRule(ApiModel):
         for e in self.except_:
             if not _is_cidr(e):
                 raise ValueError(f"every except entry must be a CIDR, got {e!r}")
+        if self.cidr is not None:
+            outer = ipaddress.ip_network(self.cidr, strict=False)
+            for e in self.except_:
+                inner = ipaddress.ip_network(e, strict=False)
+                if inner.version != outer.version or not inner.subnet_of(outer):  # type: ignore[arg-type]
+                    raise ValueError(f"every except entry must lie inside cidr, got {e!r} outside {self.cidr!r}")
         return self
 
 
@@ -221,6 +232,15 @@ class NetworkPolicySpec(ApiModel):
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> NetworkPolicySpec:
+        seen: set[int] = set()
+        for port in self.listen_ports:
+            if port in seen:
+                raise ValueError(f"listenPorts: duplicate port {port}")
+            seen.add(port)
+        return self
 
 
 # --- gpu and process policy ------------------------------------------------------------------
@@ -343,6 +363,42 @@ class EnforcementPolicy(ApiModel):
     )
 
 
+#: Capabilities trainguard drops from every workload container unless the policy keeps them: with them a root
+#: container forges socket addresses (IP_TRANSPARENT, raw sockets) or rewrites its own network.
+DROPPED_CAPABILITIES: tuple[str, ...] = ("NET_RAW", "NET_ADMIN")
+#: Capabilities a container may add (Pod Security "baseline" list plus the two above, which only count when kept).
+SAFE_CAPABILITIES: tuple[str, ...] = (
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+)
+
+
+class WorkloadPolicy(ApiModel):
+    """What the workload's pods are given beyond the defaults."""
+
+    keep_capabilities: list[Literal["NET_RAW", "NET_ADMIN"]] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Capabilities not to drop from the workload (NET_RAW, NET_ADMIN); both are dropped by default.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    mount_service_account_token: bool = Field(
+        default=False,
+        description="Mount an API token of the job's ServiceAccount into its pods (default: no API credentials).",
+    )
+
+
 class Policy(ApiModel):
     """The behaviour the job declares; anything else is a violation."""
 
@@ -364,6 +420,11 @@ class Policy(ApiModel):
     enforcement: EnforcementPolicy = Field(
         default_factory=EnforcementPolicy,
         description="What to do on a violation: the action, an escalation ladder, debounce and dry run.",
+        json_schema_extra={"default": {}},
+    )
+    workload: WorkloadPolicy = Field(
+        default_factory=WorkloadPolicy,
+        description="Capabilities kept and API credentials given to the workload (default: neither).",
         json_schema_extra={"default": {}},
     )
 
@@ -432,6 +493,19 @@ class Monitoring(ApiModel):
 # --- pod template ----------------------------------------------------------------------------
 
 
+class Capabilities(ApiModel):
+    """Capabilities added to or dropped from a container."""
+
+    add: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Capabilities to add; only the Pod Security baseline list, NET_RAW and NET_ADMIN are allowed.",
+    )
+    drop: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64, description="Capabilities to drop."
+    )
+
+
 class SecurityContext(ApiModel):
     """The parts of a container's securityContext that trainguard checks; the rest is kept."""
 
@@ -440,6 +514,18 @@ class SecurityContext(ApiModel):
     privileged: bool | None = Field(
         default=None, description="Must not be true: a privileged container escapes the sensor."
     )
+    capabilities: Capabilities | None = Field(default=None, description="Capabilities; added ones are bounded.")
+
+
+#: Every container list of a pod, as the CEL rules and the validator walk them.
+CONTAINER_LISTS: tuple[str, ...] = ("containers", "initContainers", "ephemeralContainers")
+_ALLOWED_ADD = (*SAFE_CAPABILITIES, *DROPPED_CAPABILITIES)
+_CEL_ALLOWED_ADD = "[" + ", ".join(f"'{c}'" for c in _ALLOWED_ADD) + "]"
+
+
+def _all_containers(rule: str) -> str:
+    """A CEL condition over every container `c` of every container list of `self` (a PodSpec)."""
+    return " && ".join(f"(!has(self.{lst}) || self.{lst}.all(c, {rule}))" for lst in CONTAINER_LISTS)
 
 
 class Container(ApiModel):
@@ -448,9 +534,22 @@ class Container(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1, max_length=63, description="Container name, unique in the pod.")
-    image: str = Field(min_length=1, description="Container image.")
+    image: str = Field(min_length=1, max_length=4096, description="Container image.")
     security_context: SecurityContext | None = Field(
-        default=None, description="Security context; privileged is refused."
+        default=None, description="Security context; privileged is refused, added capabilities are bounded."
+    )
+
+
+class Volume(ApiModel):
+    """A volume of the pod; fields beyond the name are kept as written (see core/v1 Volume)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63, description="Volume name.")
+    host_path: dict[str, Any] | None = Field(
+        default=None,
+        description="Must be unset: a hostPath volume reaches the node and the sensor's files.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
 
@@ -461,15 +560,30 @@ class PodSpec(ApiModel):
         extra="allow",
         json_schema_extra=cel(
             (
-                "self.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged)"
-                " || !c.securityContext.privileged)",
-                "privileged containers are not allowed: they escape the sensor",
+                _all_containers(
+                    "!has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged"
+                ),
+                "privileged containers are not allowed in any container list: they escape the sensor",
                 ".containers",
             ),
             (
-                f"self.containers.all(c, c.name != '{SENSOR_CONTAINER}')",
+                _all_containers(f"c.name != '{SENSOR_CONTAINER}'"),
                 f"the container name {SENSOR_CONTAINER} is reserved for the sensor",
                 ".containers",
+            ),
+            (
+                _all_containers(
+                    "!has(c.securityContext) || !has(c.securityContext.capabilities)"
+                    " || !has(c.securityContext.capabilities.add)"
+                    f" || c.securityContext.capabilities.add.all(x, x in {_CEL_ALLOWED_ADD})"
+                ),
+                "capabilities.add may only name " + ", ".join(_ALLOWED_ADD),
+                ".containers",
+            ),
+            (
+                "!has(self.volumes) || self.volumes.all(v, !has(v.hostPath))",
+                "hostPath volumes are not allowed: use a persistentVolumeClaim, emptyDir or configMap",
+                ".volumes",
             ),
         ),
     )
@@ -477,6 +591,13 @@ class PodSpec(ApiModel):
     containers: list[Container] = Field(
         min_length=1, max_length=64, description="The workload's containers (at least one)."
     )
+    init_containers: list[Container] = Field(
+        default_factory=list, max_length=64, description="Init containers (and native sidecars) of the workload."
+    )
+    ephemeral_containers: list[Container] = Field(
+        default_factory=list, max_length=64, description="Ephemeral containers (normally added later, by debug)."
+    )
+    volumes: list[Volume] = Field(default_factory=list, max_length=256, description="Volumes; hostPath is refused.")
     host_network: bool = Field(
         default=False,
         description="Must be false: a pod on the host network is outside every NetworkPolicy.",
@@ -495,17 +616,37 @@ class PodSpec(ApiModel):
         json_schema_extra={"enum": [False]},
     )
 
+    def all_containers(self) -> list[Container]:
+        return [*self.containers, *self.init_containers, *self.ephemeral_containers]
+
     @model_validator(mode="after")
     def _no_escape(self) -> PodSpec:
         for field in ("host_network", "host_pid", "host_ipc"):
             if getattr(self, field):
                 alias = type(self).model_fields[field].alias or field
                 raise ValueError(f"{alias} must be false: it takes the pod outside trainguard's sensor and policy")
-        for c in self.containers:
-            if c.security_context is not None and c.security_context.privileged:
-                raise ValueError(f"containers: {c.name} is privileged; privileged containers escape the sensor")
+        for c in self.all_containers():
+            sc = c.security_context
+            if sc is not None and sc.privileged:
+                raise ValueError(
+                    f"containers: {c.name} is privileged; privileged containers are not allowed in any container"
+                    " list: they escape the sensor"
+                )
             if c.name == SENSOR_CONTAINER:
                 raise ValueError(f"containers: the container name {SENSOR_CONTAINER} is reserved for the sensor")
+            if sc is not None and sc.capabilities is not None:
+                bad = [x for x in sc.capabilities.add if x not in _ALLOWED_ADD]
+                if bad:
+                    raise ValueError(
+                        f"containers: {c.name} adds {', '.join(bad)}; capabilities.add may only name "
+                        + ", ".join(_ALLOWED_ADD)
+                    )
+        for v in self.volumes:
+            if v.host_path is not None:
+                raise ValueError(
+                    f"volumes: {v.name} is a hostPath volume; hostPath volumes are not allowed: use a"
+                    " persistentVolumeClaim, emptyDir or configMap"
+                )
         return self
 
 

@@ -28,18 +28,29 @@ class Command(Protocol):
 COMMANDS: dict[str, tuple[str, str]] = {
     "crdgen": ("trainguard.api.crdgen", "write the CRD and the sample schema from the API models"),
     "replay": ("trainguard.cli.replay", "run the detection engine over recorded traces"),
+    "run": ("trainguard.handlers.command", "run the operator (kopf): AgentTrainingJobs in, guarded Jobs out"),
     "sensor": ("trainguard.sensor.command", "run the per-pod sensor (sidecar)"),
 }
 
 
+#: Subcommands that need an extra: the sensor image installs trainguard without it.
+EXTRAS: dict[str, str] = {"run": "operator"}
+
+
 def _load(name: str) -> Command:
-    return cast(Command, importlib.import_module(COMMANDS[name][0]))
+    try:
+        return cast(Command, importlib.import_module(COMMANDS[name][0]))
+    except ModuleNotFoundError as error:
+        if name not in EXTRAS:
+            raise
+        sys.exit(
+            f"trainguard {name}: {error.name} is not installed; this install lacks the"
+            f" {EXTRAS[name]!r} extra (pip install 'trainguard[{EXTRAS[name]}]')"
+        )
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trainguard", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="trainguard", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen subcommand's module is imported; the others get a bare parser for --help.
