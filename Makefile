@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help venv lint typecheck layers crds crds-check controlplane tools test unit demo bench clean
+.PHONY: help venv lint typecheck layers crds crds-check controlplane tools node-tools test unit demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ crds-check: venv ## fail if the generated files differ from the models
 controlplane: ## build (or reuse from the cache) the local Kubernetes control plane
 	scripts/controlplane build
 
-tools: ## install helm and promtool into the cache
+tools: ## install helm, promtool and kwok into the cache
 	scripts/controlplane tools
+
+node-tools: ## install the real-node tier (root): Debian packages, kubelet, kube-router, pod images
+	scripts/realnode install
 
 unit: venv ## the tests that need no control plane
 	$(BIN)/pytest -m 'not integration'
