@@ -10,7 +10,7 @@ from tests.integration.realnode.node import RealNode
 def test_no_route_or_link_leaves_the_namespace_and_no_resolver_is_configured(real_node: RealNode) -> None:
     links = json.loads(real_node.inside("ip", "-j", "link", "show").stdout)
     kinds = {link["ifname"]: link.get("link_type") for link in links}
-    outside = [n for n in kinds if not (n == "lo" or n == "cni0" or n.startswith("veth"))]
+    outside = [n for n in kinds if not (n in {"lo", "cni0"} or n.startswith("veth"))]
     assert not outside, f"links other than lo, the pods' bridge and their veths: {outside}"
     routes = json.loads(real_node.inside("ip", "-j", "-4", "route", "show", "table", "all").stdout)
     assert not [r for r in routes if r["dst"] == "default"], f"a default route: {routes}"
