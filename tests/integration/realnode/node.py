@@ -54,7 +54,12 @@ class RealNode:
         stderr_path = directory.parent / f"{directory.name}.stderr.log"
         with stderr_path.open("w") as stderr:
             process = subprocess.Popen(
-                [str(SCRIPT), "run", str(directory)], stdout=subprocess.PIPE, stderr=stderr, text=True
+                # SIGTERM when the test process dies, so that a killed run still tears the node down (the
+                # holder's trap stops every component); it survives the execs down to the namespace holder.
+                ["setpriv", "--pdeathsig", "TERM", "--", str(SCRIPT), "run", str(directory)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
             )
         lines: queue.Queue[str | None] = queue.Queue()
 
