@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test unit demo bench clean
+.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools node-tools test unit demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,8 +50,11 @@ dashboards-check: venv ## fail if the dashboard JSON differs from dashboards/tra
 controlplane: ## build (or reuse from the cache) the local Kubernetes control plane
 	scripts/controlplane build
 
-tools: ## install helm and promtool into the cache
+tools: ## install helm, promtool and kwok into the cache
 	scripts/controlplane tools
+
+node-tools: ## install the real-node tier (root): Debian packages, kubelet, kube-router, pod images
+	scripts/realnode install
 
 unit: venv ## the tests that need no control plane
 	$(BIN)/pytest -m 'not integration'

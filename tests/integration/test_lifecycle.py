@@ -53,7 +53,7 @@ def test_sigterm_stops_every_component(control_plane: Cluster, tmp_path: Path) -
     try:
         assert plane.kubeconfig.is_file()
         children = plane.children()
-        assert len(children) == 2, f"expected the apiserver and the controller-manager, got {children}"
+        assert len(children) == 3, f"expected the apiserver, the controller-manager and the scheduler, got {children}"
     finally:
         code = plane.stop()
     assert code == 0, plane.stderr_path.read_text()
@@ -67,3 +67,20 @@ def test_missing_data_dir_flag(control_plane: Cluster, missing: str) -> None:
 
     assert result.returncode != 0
     assert f"{missing} is required" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--cluster-cidr", "10.244.0.1/16"), "host bits set (the network is 10.244.0.0/16)"),
+        (("--cluster-cidr", "fd00::/64"), "not an IPv4 network"),
+        (("--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "12"), "must be between the cluster prefix /16"),
+    ],
+)
+def test_bad_pod_range_is_a_clear_error_before_anything_starts(
+    control_plane: Cluster, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = _run("--data-dir", str(tmp_path / "data"), *args)
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists(), "it created the data directory before refusing"
