@@ -3,11 +3,11 @@ reports the pod's real processes, listening sockets and connections."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tests.integration.realnode.node import PONG, SENSOR, TOOLBOX, RealNode, toolbox_pod
 from tests.polling import wait_for
+from trainguard.api.sample import Endpoint, Sample, parse_sample
 
 
 def test_sensor_in_a_real_pod_reports_processes_and_sockets(real_node: RealNode, node_namespace: str) -> None:
@@ -51,25 +51,30 @@ def test_sensor_in_a_real_pod_reports_processes_and_sockets(real_node: RealNode,
     url = f"http://{ip}:9400/v1/sample"
     fetch = f"import urllib.request, sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=3).read().decode())"
 
-    def sample() -> dict[str, Any] | None:
+    def sample() -> Sample | None:
         # From the node (its traffic to pods is always allowed), as the operator's scraper will.
         result = real_node.inside("python3", "-c", fetch)
         if result.returncode != 0:
             return None
-        body: dict[str, Any] = json.loads(result.stdout)
-        connected = any(c.get("remote", "").startswith(f"{peer}:9000") for c in body["connections"])
+        body = parse_sample(result.stdout)
+        connected = any(c.remote == Endpoint(address=peer, port=9000) for c in body.connections)
         return body if connected else None
 
     body = wait_for(sample, 30, f"a sample from the sensor at {ip}:9400 showing the connection to {peer}:9000")
-    assert body["pod"] == f"{node_namespace}/sensed"
-    commands = {p["cmdline"]: p for p in body["processes"]}
+    assert body.pod == f"{node_namespace}/sensed"
+    assert body.sensor.reader == "netlink", body.sensor
+    commands = {" ".join(p.argv): p for p in body.processes}
     assert "nc -ll -p 7000 -e /bin/pong" in commands, sorted(commands)
     assert "sleep 100000" in commands and f"nc {peer} 9000" in commands
     assert any("trainguard sensor" in c for c in commands), "the sensor does not see itself"
     listener = commands["nc -ll -p 7000 -e /bin/pong"]
-    ports = {(s["port"], s["pid"]) for s in body["listening"]}
-    assert (7000, listener["pid"]) in ports, body["listening"]
+    ports = {(s.local.port, s.pid) for s in body.listening}
+    assert (7000, listener.pid) in ports, body.listening
     tunnel = commands[f"nc {peer} 9000"]
-    (conn,) = [c for c in body["connections"] if c.get("remote", "").startswith(f"{peer}:9000")]
-    assert conn["pid"] == tunnel["pid"], conn
-    assert body["sensor"]["errors"] == [] or all("gpu" in e for e in body["sensor"]["errors"]), body["sensor"]
+    (conn,) = [c for c in body.connections if c.remote == Endpoint(address=peer, port=9000)]
+    assert conn.pid == tunnel.pid, conn
+    assert conn.state == "ESTABLISHED", conn
+    # What the kernel says the process is, not what it calls itself: busybox's applets all run /bin/busybox.
+    assert tunnel.exe_status == "ok" and tunnel.exe.endswith("busybox"), tunnel
+    blind = [e for e in body.sensor.errors if not e.kind.startswith("gpu")]
+    assert not blind, body.sensor.errors
