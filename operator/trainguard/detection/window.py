@@ -1,11 +1,17 @@
-"""What the engine keeps of one pod's recent samples for the GPU rules: per GPU, the current run of
-busy samples (the last `window_samples` of them) and their running sums.
+"""What the engine keeps of one pod's recent samples for the GPU rules: per GPU, its last
+`window_samples` consecutive samples and their running sums (O(1) per sample).
 
-The mining signature needs a full window in which every sample is busy (utilization known and at
-or above the floor), so a GPU's series holds only its current run of busy samples: a sample below
-the floor, or with no utilization reading, ends the run. Readings NVML could not take (null) are
-counted: the power test needs every sample's power, the memory corroboration every sample's
-memory, the tensor corroboration every sample's tensor-pipe activity.
+Two readings of one window feed `gpu.mining-signature` (docs/detection.md):
+
+- the **profile** (what the kernels computed: `gpus[].profile`, from NVML GPM or DCGM): judged
+  when every sample of the window has one. Duty cycles are tolerated: the pipe mix is averaged over
+  the samples in which the GPU was active, and the GPU need only be active on average (`min_duty`);
+- **today's evidence** (utilization, flatness, power, memory, the pod's DCGM tensor metric): judged
+  when a sample of the window lacks the profile. Every sample must then be busy (utilization known
+  and at or above the floor); a reading that is null in a sample leaves that test out (power) or
+  that corroboration unusable (memory, tensor).
+
+A GPU missing from a sample starts over: its window is no longer consecutive.
 """
 
 from __future__ import annotations
@@ -27,11 +33,30 @@ def _stddev(total: float, squares: float, n: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class PipeMix:
+    """The mean activity of each pipe over the active samples of a fully profiled window."""
+
+    #: Mean activity over the whole window (utilization, or the profile's smActive without it).
+    duty: float
+    #: Samples of the window in which the GPU was active (activity at or above `active_floor`).
+    active_samples: int
+    tensor: float
+    int: float
+    dram: float
+    fp16: float
+    fp32: float
+    fp64: float
+
+
+@dataclass(frozen=True, slots=True)
 class GpuStats:
-    """One GPU's full window of busy samples, summarised (what `gpu.mining-signature` reads)."""
+    """One GPU's full window of consecutive samples, summarised (what `gpu.mining-signature` reads)."""
 
     index: int
     samples: int
+    #: Whether every sample was busy (utilization known and at or above `min_utilization`): the
+    #: utilization, power, memory and tensor figures below are about those samples.
+    saturated: bool
     utilization_mean: float
     utilization_stddev: float
     #: Mean and coefficient of variation of power; None unless every sample had a power reading.
@@ -41,46 +66,39 @@ class GpuStats:
     memory_fraction: float | None
     #: Mean tensor-pipe activity (the GPU's profile, or the pod's DCGM metric); None unless every sample had it.
     tensor_active: float | None
+    #: The pipe mix; None unless every sample of the window had a usable profile.
+    profile: PipeMix | None
+
+
+# Columns of a sample's vector (a sample is a fixed-length tuple of floats; the series keeps their sums).
+_UTIL, _UTIL2, _BUSY, _POWER, _POWER2, _POWER_N, _MEM, _MEM_N, _TENSOR, _TENSOR_N = range(10)
+_ACTIVITY, _PROFILED, _ACTIVE, _P_TENSOR, _P_INT, _P_DRAM, _P_FP16, _P_FP32, _P_FP64 = range(10, 19)
+_COLUMNS = 19
+
+
+def _z(x: float | None) -> float:
+    return 0.0 if x is None else x
 
 
 class GpuSeries:
-    """One GPU's current run of busy samples (the last `length`) and their sums, kept O(1) per sample."""
+    """One GPU's last `length` consecutive samples as vectors, and the vectors' sums."""
 
-    __slots__ = ("length", "missing", "sums", "values")
+    __slots__ = ("length", "sums", "values")
 
     def __init__(self, length: int) -> None:
         self.length = length
-        #: (utilization, power, memory fraction, tensor activity) per sample, None where unknown.
-        self.values: deque[tuple[float, float | None, float | None, float | None]] = deque()
-        #: Sums of utilization, its square, power, its square, memory fraction, tensor activity.
-        self.sums = [0.0] * 6
-        #: Samples in the window missing power, memory, tensor readings.
-        self.missing = [0, 0, 0]
+        self.values: deque[tuple[float, ...]] = deque()
+        self.sums = [0.0] * _COLUMNS
 
-    def reset(self) -> None:
-        self.values.clear()
-        self.sums = [0.0] * 6
-        self.missing = [0, 0, 0]
-
-    def _add(self, v: tuple[float, float | None, float | None, float | None], sign: int) -> None:
-        util, power, mem, tensor = v
-        s = self.sums
-        s[0] += sign * util
-        s[1] += sign * util * util
-        for k, x, at in ((0, power, 2), (1, mem, 4), (2, tensor, 5)):
-            if x is None:
-                self.missing[k] += sign
-            else:
-                s[at] += sign * x
-                if k == 0:
-                    s[3] += sign * x * x
-
-    def push(self, util: float, power: float | None, mem: float | None, tensor: float | None) -> None:
-        v = (util, power, mem, tensor)
+    def push(self, v: tuple[float, ...]) -> None:
         self.values.append(v)
-        self._add(v, 1)
+        s = self.sums
+        for k in range(_COLUMNS):
+            s[k] += v[k]
         if len(self.values) > self.length:
-            self._add(self.values.popleft(), -1)
+            old = self.values.popleft()
+            for k in range(_COLUMNS):
+                s[k] -= old[k]
 
     @property
     def full(self) -> bool:
@@ -89,19 +107,38 @@ class GpuSeries:
     def stats(self, index: int) -> GpuStats:
         n = len(self.values)
         s = self.sums
-        power_mean = s[2] / n if not self.missing[0] else None
+        # Counts are sums of 0/1: round them, float error must not lose a sample.
+        busy, power_n, mem_n, tensor_n = (round(s[k]) for k in (_BUSY, _POWER_N, _MEM_N, _TENSOR_N))
+        profiled, active = round(s[_PROFILED]), round(s[_ACTIVE])
+        saturated = busy == n
+        power_mean = s[_POWER] / n if saturated and power_n == n else None
         power_cv = None
         if power_mean is not None:
-            power_cv = _stddev(s[2], s[3], n) / power_mean if power_mean > 0 else 0.0
+            power_cv = _stddev(s[_POWER], s[_POWER2], n) / power_mean if power_mean > 0 else 0.0
+        mix = None
+        if profiled == n:
+            per = max(active, 1)
+            mix = PipeMix(
+                duty=s[_ACTIVITY] / n,
+                active_samples=active,
+                tensor=s[_P_TENSOR] / per,
+                int=s[_P_INT] / per,
+                dram=s[_P_DRAM] / per,
+                fp16=s[_P_FP16] / per,
+                fp32=s[_P_FP32] / per,
+                fp64=s[_P_FP64] / per,
+            )
         return GpuStats(
             index=index,
             samples=n,
-            utilization_mean=s[0] / n,
-            utilization_stddev=_stddev(s[0], s[1], n),
+            saturated=saturated,
+            utilization_mean=s[_UTIL] / n,
+            utilization_stddev=_stddev(s[_UTIL], s[_UTIL2], n),
             power_mean=power_mean,
             power_cv=power_cv,
-            memory_fraction=s[4] / n if not self.missing[1] else None,
-            tensor_active=s[5] / n if not self.missing[2] else None,
+            memory_fraction=s[_MEM] / n if saturated and mem_n == n else None,
+            tensor_active=s[_TENSOR] / n if saturated and tensor_n == n else None,
+            profile=mix,
         )
 
 
@@ -109,6 +146,57 @@ def _tensor(g: GpuSample, dcgm: dict[str, float]) -> float | None:
     if g.profile is not None and g.profile.tensor_active is not None:
         return g.profile.tensor_active
     return dcgm.get(DCGM_TENSOR_ACTIVE)
+
+
+def _vector(g: GpuSample, dcgm: dict[str, float], t: MiningThresholds) -> tuple[float, ...]:
+    """One sample of one GPU as the series' columns."""
+    util = g.utilization
+    busy = util is not None and util >= t.min_utilization
+    b = 1.0 if busy else 0.0
+    u = _z(util) * b
+    power = g.power_watts if busy else None
+    mem = None
+    if busy and g.memory_used_bytes is not None and g.memory_total_bytes:
+        mem = g.memory_used_bytes / g.memory_total_bytes
+    tensor = _tensor(g, dcgm) if busy else None
+    p = g.profile
+    activity = util if util is not None else (p.sm_active if p is not None else None)
+    # A usable profile: activity known, tensor and FP32 pipes known, and the integer pipes or the
+    # memory interface known (not every SKU reports the integer pipes).
+    profiled = (
+        p is not None
+        and activity is not None
+        and p.tensor_active is not None
+        and p.fp32_active is not None
+        and (p.int_active is not None or p.dram_active is not None)
+    )
+    active = 1.0 if profiled and _z(activity) >= t.active_floor else 0.0
+    pipes = (0.0,) * 6
+    if p is not None and active:
+        pipes = (
+            _z(p.tensor_active),
+            _z(p.int_active),
+            _z(p.dram_active),
+            _z(p.fp16_active),
+            _z(p.fp32_active),
+            _z(p.fp64_active),
+        )
+    return (
+        u,
+        u * u,
+        b,
+        _z(power),
+        _z(power) ** 2,
+        0.0 if power is None else 1.0,
+        _z(mem),
+        0.0 if mem is None else 1.0,
+        _z(tensor),
+        0.0 if tensor is None else 1.0,
+        _z(activity),
+        1.0 if profiled else 0.0,
+        active,
+        *pipes,
+    )
 
 
 class Window:
@@ -121,26 +209,16 @@ class Window:
         self.gpus: dict[int, GpuSeries] = {}
 
     def push(self, sample: Sample) -> None:
-        floor = self.thresholds.min_utilization
         present = set()
         for g in sample.gpus:
             present.add(g.index)
             series = self.gpus.get(g.index)
             if series is None:
                 series = self.gpus[g.index] = GpuSeries(self.thresholds.window_samples)
-            util = g.utilization
-            if util is None or util < floor:
-                if series.values:
-                    series.reset()
-                continue
-            mem = None
-            if g.memory_used_bytes is not None and g.memory_total_bytes:
-                mem = g.memory_used_bytes / g.memory_total_bytes
-            series.push(util, g.power_watts, mem, _tensor(g, sample.dcgm))
-        # A GPU missing from a sample starts over: its window is no longer consecutive.
+            series.push(_vector(g, sample.dcgm, self.thresholds))
         for index in [i for i in self.gpus if i not in present]:
             del self.gpus[index]
 
     def full(self) -> tuple[GpuStats, ...]:
-        """The GPUs whose window is full of busy samples, summarised."""
+        """The GPUs whose window is full of consecutive samples, summarised."""
         return tuple(s.stats(i) for i, s in sorted(self.gpus.items()) if s.full)
