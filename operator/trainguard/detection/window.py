@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from operator import add
 
 from trainguard.api.sample import GpuSample, Sample
 from trainguard.detection.context import DCGM_TENSOR_ACTIVE, MiningThresholds
@@ -74,6 +75,12 @@ class GpuStats:
 _UTIL, _UTIL2, _BUSY, _POWER, _POWER2, _POWER_N, _MEM, _MEM_N, _TENSOR, _TENSOR_N = range(10)
 _ACTIVITY, _PROFILED, _ACTIVE, _P_TENSOR, _P_INT, _P_DRAM, _P_FP16, _P_FP32, _P_FP64 = range(10, 19)
 _COLUMNS = 19
+#: The first ten columns of a sample that is not busy.
+_IDLE: tuple[float, ...] = (0.0,) * 10
+
+
+def _add_sub(total: float, new: float, old: float) -> float:
+    return total + new - old
 
 
 def _z(x: float | None) -> float:
@@ -92,17 +99,20 @@ class GpuSeries:
 
     def push(self, v: tuple[float, ...]) -> None:
         self.values.append(v)
-        s = self.sums
-        for k in range(_COLUMNS):
-            s[k] += v[k]
         if len(self.values) > self.length:
-            old = self.values.popleft()
-            for k in range(_COLUMNS):
-                s[k] -= old[k]
+            self.sums = list(map(_add_sub, self.sums, v, self.values.popleft()))
+        else:
+            self.sums = list(map(add, self.sums, v))
 
     @property
     def full(self) -> bool:
         return len(self.values) == self.length
+
+    @property
+    def judgeable(self) -> bool:
+        """Full, and either every sample busy or every sample profiled: what the signature can judge."""
+        n = self.length
+        return len(self.values) == n and (round(self.sums[_BUSY]) == n or round(self.sums[_PROFILED]) == n)
 
     def stats(self, index: int) -> GpuStats:
         n = len(self.values)
@@ -142,60 +152,56 @@ class GpuSeries:
         )
 
 
-def _tensor(g: GpuSample, dcgm: dict[str, float]) -> float | None:
-    if g.profile is not None and g.profile.tensor_active is not None:
-        return g.profile.tensor_active
-    return dcgm.get(DCGM_TENSOR_ACTIVE)
+_NO_PIPES = (0.0,) * 6
 
 
 def _vector(g: GpuSample, dcgm: dict[str, float], t: MiningThresholds) -> tuple[float, ...]:
-    """One sample of one GPU as the series' columns."""
+    """One sample of one GPU as the series' columns (the hot path: one call per GPU per sample)."""
     util = g.utilization
-    busy = util is not None and util >= t.min_utilization
-    b = 1.0 if busy else 0.0
-    u = _z(util) * b
-    power = g.power_watts if busy else None
-    mem = None
-    if busy and g.memory_used_bytes is not None and g.memory_total_bytes:
-        mem = g.memory_used_bytes / g.memory_total_bytes
-    tensor = _tensor(g, dcgm) if busy else None
     p = g.profile
+    if util is not None and util >= t.min_utilization:
+        power = g.power_watts
+        used, total = g.memory_used_bytes, g.memory_total_bytes
+        mem = used / total if used is not None and total else None
+        tensor = p.tensor_active if p is not None and p.tensor_active is not None else dcgm.get(DCGM_TENSOR_ACTIVE)
+        busy: tuple[float, ...] = (
+            util,
+            util * util,
+            1.0,
+            0.0 if power is None else power,
+            0.0 if power is None else power * power,
+            0.0 if power is None else 1.0,
+            0.0 if mem is None else mem,
+            0.0 if mem is None else 1.0,
+            0.0 if tensor is None else tensor,
+            0.0 if tensor is None else 1.0,
+        )
+    else:
+        busy = _IDLE
     activity = util if util is not None else (p.sm_active if p is not None else None)
     # A usable profile: activity known, tensor and FP32 pipes known, and the integer pipes or the
     # memory interface known (not every SKU reports the integer pipes).
-    profiled = (
-        p is not None
-        and activity is not None
-        and p.tensor_active is not None
-        and p.fp32_active is not None
-        and (p.int_active is not None or p.dram_active is not None)
-    )
-    active = 1.0 if profiled and _z(activity) >= t.active_floor else 0.0
-    pipes = (0.0,) * 6
-    if p is not None and active:
-        pipes = (
-            _z(p.tensor_active),
-            _z(p.int_active),
-            _z(p.dram_active),
-            _z(p.fp16_active),
-            _z(p.fp32_active),
-            _z(p.fp64_active),
-        )
+    if (
+        p is None
+        or activity is None
+        or p.tensor_active is None
+        or p.fp32_active is None
+        or (p.int_active is None and p.dram_active is None)
+    ):
+        return (*busy, _z(activity), 0.0, 0.0, *_NO_PIPES)
+    if activity < t.active_floor:
+        return (*busy, activity, 1.0, 0.0, *_NO_PIPES)
     return (
-        u,
-        u * u,
-        b,
-        _z(power),
-        _z(power) ** 2,
-        0.0 if power is None else 1.0,
-        _z(mem),
-        0.0 if mem is None else 1.0,
-        _z(tensor),
-        0.0 if tensor is None else 1.0,
-        _z(activity),
-        1.0 if profiled else 0.0,
-        active,
-        *pipes,
+        *busy,
+        activity,
+        1.0,
+        1.0,
+        p.tensor_active,
+        _z(p.int_active),
+        _z(p.dram_active),
+        _z(p.fp16_active),
+        p.fp32_active,
+        _z(p.fp64_active),
     )
 
 
@@ -220,5 +226,6 @@ class Window:
             del self.gpus[index]
 
     def full(self) -> tuple[GpuStats, ...]:
-        """The GPUs whose window is full of consecutive samples, summarised."""
-        return tuple(s.stats(i) for i, s in sorted(self.gpus.items()) if s.full)
+        """The GPUs whose window is full of consecutive samples, every one busy or every one profiled, summarised
+        (a window with neither cannot be judged; it is left out, which keeps the steady state cheap)."""
+        return tuple(s.stats(i) for i, s in sorted(self.gpus.items()) if s.judgeable)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainguard.api.sample import parse_sample
+from trainguard.api.sample import Sample, parse_sample
 from trainguard.api.v1alpha1 import Policy
 from trainguard.detection import EngineContext
 from trainguard.detection.replay import replay
@@ -18,7 +18,7 @@ from trainguard.detection.replay import replay
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "gpu"
 
 
-def _recording(name: str) -> list:  # type: ignore[type-arg]
+def _recording(name: str) -> list[Sample]:
     path = FIXTURES / f"{name}.jsonl"
     if not path.exists():
         pytest.skip(f"{path.relative_to(FIXTURES.parents[2])} not recorded: needs a GPU machine (scripts/gpu-check.sh)")
