@@ -321,13 +321,23 @@ class _Open(BaseModel, extra="allow"):
     x: int = 0
 
 
+class _Stripped(WireModel, str_strip_whitespace=True):
+    name: str = ""
+
+
 class _Closed(BaseModel, extra="forbid"):
     x: int = 0
 
 
 @pytest.mark.parametrize(
     ("model", "why"),
-    [(_Validated, "field_validators"), (_Long, "max_length"), (_Pair, "tuple"), (_Open, "extra='allow'")],
+    [
+        (_Validated, "field_validators"),
+        (_Long, "max_length"),
+        (_Pair, "tuple"),
+        (_Open, "extra='allow'"),
+        (_Stripped, "str_strip_whitespace"),
+    ],
 )
 def test_what_msgspec_would_check_differently_is_refused(model: type[BaseModel], why: str) -> None:
     with pytest.raises(TypeError, match=why):

@@ -33,6 +33,11 @@ from pydantic_core import PydanticUndefined
 
 _BOUNDS = {annotated_types.Ge: "ge", annotated_types.Le: "le", annotated_types.Gt: "gt", annotated_types.Lt: "lt"}
 _PLAIN = (int, float, str, bool, type(None))
+#: Model settings that change nothing about which JSON is accepted or the values it gives (aliases are read
+#: from the fields; `populate_by_name` matters to Python construction only: lines are read by wire names).
+_NEUTRAL_CONFIG = frozenset(
+    {"alias_generator", "populate_by_name", "extra", "frozen", "use_attribute_docstrings", "title", "defer_build"}
+)
 _twins: dict[type[BaseModel], type[msgspec.Struct]] = {}
 
 
@@ -48,9 +53,13 @@ def twin(model: type[BaseModel], *, required: Collection[str] = ()) -> type[msgs
         model.model_rebuild(raise_errors=True)
     _refuse_behaviour(model)
     config = model.model_config
+    changes = sorted(set(config) - _NEUTRAL_CONFIG)
+    if changes:
+        # str_strip_whitespace, strict, use_enum_values, coerce_numbers_to_str...: they change what is accepted.
+        raise TypeError(f"{model.__name__}: model_config {', '.join(changes)} has no msgspec twin")
     extra = config.get("extra") or "ignore"
-    if extra == "allow" or config.get("strict"):
-        raise TypeError(f"{model.__name__}: extra={extra!r}, strict={config.get('strict')!r} has no msgspec twin")
+    if extra == "allow":
+        raise TypeError(f"{model.__name__}: extra='allow' has no msgspec twin")
     fields: list[tuple[str, Any, Any]] = []
     for name, info in model.model_fields.items():
         where = f"{model.__name__}.{name}"
@@ -123,10 +132,10 @@ def _bounded(tp: Any, metadata: list[Any], where: str) -> Any:
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = get_args(tp)
         inner = [a for a in args if a is not type(None)]
-        if len(inner) != 1:
-            raise TypeError(f"{where}: bounds on a union of several types have no msgspec twin")
+        if len(inner) != 1 or len(args) != 2:
+            raise TypeError(f"{where}: bounds on a union other than `X | None` have no msgspec twin")
         # A bound constrains the value, not its absence (as pydantic applies it to `X | None`).
-        return Annotated[inner[0], meta] | None if len(args) == 2 else tp
+        return Annotated[inner[0], meta] | None
     return Annotated[tp, meta]
 
 
