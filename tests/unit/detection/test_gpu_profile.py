@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -162,8 +163,9 @@ def _replay(trace: str, *, strip_profile: bool) -> set[tuple[str, str, str]]:
     with (TRACES / trace).open("rb") as fh:
         samples = sorted((i for _, i in read_samples(fh, trace) if not isinstance(i, LineError)), key=lambda s: s.ts)
     if strip_profile:
-        bare = [[g.model_copy(update={"profile": None}) for g in s.gpus] for s in samples]
-        samples = [s.model_copy(update={"gpus": gpus}) for s, gpus in zip(samples, bare, strict=True)]
+        # The reader gives the samples' msgspec twins (api/wire.py): frozen structs, copied with a change.
+        bare = [[msgspec.structs.replace(g, profile=None) for g in s.gpus] for s in samples]
+        samples = [msgspec.structs.replace(s, gpus=gpus) for s, gpus in zip(samples, bare, strict=True)]
     ctx = EngineContext(
         dns_resolvers=frozenset(scenario["context"]["dnsResolvers"]),
         job_pod_ips=frozenset(scenario["context"]["podIPs"]),
