@@ -604,6 +604,35 @@ def test_a_deleted_executable_matches_no_allow_list(world: World, judge: Judge) 
 # --- the sensor's health ----------------------------------------------------------------------------------------------
 
 
+def test_a_miner_hidden_past_the_process_cap_is_sensor_degraded(world: World, judge: Judge) -> None:
+    """The sensor reports at most --max-processes processes, the lowest pids: a workload that spawns
+    decoys first pushes a later miner out of the sample. A second real sensor with a small cap (16)
+    shows it: the miner is absent, the cap is a `process_cap` error, and the engine raises
+    `sensor.degraded process_cap`. (Medium and debounced: the miner's Critical becomes a Medium; see
+    docs/threat-model.md.)"""
+    miner_exe = world.work / "cap" / "xmrig"
+    miner_exe.parent.mkdir()
+    shutil.copy("/usr/bin/sleep", miner_exe)
+    decoys = [world.pod.spawn("sleep", "600") for _ in range(16)]
+    miner = world.pod.spawn(str(miner_exe), "600")
+    record = world.work / "capped.jsonl"
+    capped = Judge(record, SCALE)
+    verdicts = capped.add("capped", TRAINING)
+    sensor = world.pod.spawn(
+        TRAINGUARD, "sensor", "--interval", str(INTERVAL), "--gpu-source", "none", "--pod", POD,
+        "--max-processes", "16", "--record", str(record),
+    )  # fmt: skip
+    try:
+        v = capped.until("sensor.degraded", lambda: next(iter(verdicts.new("sensor.degraded")), None), timeout=40)
+        assert v.identity == "process_cap"
+        assert all(miner not in {p.pid for p in s.processes} for s in capped.samples)  # hidden from this sensor
+        assert verdicts.new("process.denied") == []
+        judge.until("the uncapped sensor's view of it", lambda: raised(training(judge), "process.denied", miner))
+    finally:
+        for pid in (sensor, miner, *decoys):
+            world.pod.signal(pid, signal.SIGKILL)
+
+
 def test_a_sensor_frozen_most_of_the_time_is_sensor_gap(world: World, judge: Judge) -> None:
     """SIGSTOP 7 s of every 9 kept v1's sensor under the 10 s silence bound while it saw nothing. A second
     real sensor in the pod is stopped 1.4 s of every 1.8 s (7 of 9 at the engines' clock); the pod's own
