@@ -293,8 +293,11 @@ while True:
 """
     miner = world.pod.python(code, POOL, "3334")
     upload = world.pod.python(code, OBJECT_STORE_CLOSING, "443")
-    v = judge.until("the miner in CLOSE_WAIT", lambda: raised(training(judge), "net.tunnel", miner, f"{POOL}:3334"))
-    assert v.evidence["state"] == "CLOSE_WAIT"
+    # (its first sample may show it ESTABLISHED, before the pool's FIN: wait for the latest evidence)
+    judge.until(
+        "the miner in CLOSE_WAIT",
+        lambda: (w := training(judge).standing("net.tunnel", miner)) and w.evidence["state"] == "CLOSE_WAIT" and w,
+    )
     assert_clean(judge, training(judge), upload)
     assert any(c.pid == upload and c.state == "CLOSE_WAIT" for c in judge.samples[-1].connections)
     for pid in (miner, upload):
