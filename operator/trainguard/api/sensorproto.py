@@ -148,8 +148,12 @@ class CutReport(WireModel):
     remaining: list[CutSocket] = Field(
         default_factory=list, description="Sockets not kept by the command that are still open after the cut."
     )
+    errors: list[str] = Field(
+        default_factory=list,
+        description="What the sensor could not do (a pid it refused or could not signal, a socket read that failed).",
+    )
 
     @property
     def confirmed(self) -> bool:
-        """The cut is confirmed when nothing it had to cut is still open."""
-        return not self.remaining and not self.failed
+        """The cut is confirmed when nothing it had to cut is still open and nothing it was asked failed."""
+        return not self.remaining and not self.failed and not self.errors
