@@ -109,7 +109,7 @@ def test_the_sensor_cuts_an_established_stream_that_survived_the_quarantine_labe
         return bool(lines) and lines[-1].startswith("ERROR")
 
     wait_for(broken, 10, "the stream still flows after the cut")
-    print(f"real-node cut: {took * 1000:.0f} ms including kubectl-free nsenter + python start; {report}")
+    print(f"real-node cut: {took * 1000:.0f} ms (nsenter and a python start included); {report}")
 
 
 def _echoes_of(node: RealNode, ns: str) -> int:
