@@ -158,9 +158,8 @@ def grows(peer: Peer, what: str, timeout: float = 10) -> None:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    key = os.urandom(32)
-    (tmp_path / "key").write_bytes(key.hex().encode())
-    key = key.hex().encode()  # the sensor strips whitespace; a Secret's value is any bytes
+    key = os.urandom(32) + b"\n"  # the file's bytes exactly, trailing "whitespace" included, as in a Secret
+    (tmp_path / "key").write_bytes(key)
     argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, cut_world.__file__]
     process = subprocess.Popen([*argv, str(tmp_path), TRAINGUARD], stderr=subprocess.PIPE)
     try:

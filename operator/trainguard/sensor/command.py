@@ -164,11 +164,12 @@ class KeyFileError(ValueError):
 
 def read_key(path: Path | None) -> bytes | None:
     """The sensor key: from `path` (required to exist and be non-empty), else from the Secret's mount point if
-    it is there, else None (local use). Surrounding whitespace is not part of the key."""
+    it is there, else None (local use). The key is the file's bytes exactly, as the operator reads them from the
+    Secret (nothing stripped: a random key may end in a byte that looks like whitespace)."""
     explicit = path is not None
     target = path if path is not None else Path(SECRET_MOUNT_PATH) / SECRET_KEY_NAME
     try:
-        key = target.read_bytes().strip()
+        key = target.read_bytes()
     except FileNotFoundError:
         if explicit:
             raise KeyFileError(f"--key-file {target}: no such file") from None
