@@ -283,12 +283,13 @@ class ProcessWatcher:
     """Walks a proc_root once per tick, re-reading only what may have changed.
 
     Every tick reads each process's `stat` (pid, comm, ppid, start time) and the size of its fd
-    directory. `status` (uid) and `cmdline` are read when the process is new, when its comm changed
-    (an exec), and in a rolling full refresh that re-reads every process once per `refresh_every`
-    ticks. The fd links are read when the process is new, when its number of open fds changed, in the
-    rolling refresh, and for every process as soon as /proc/net shows a socket inode no known process
-    owns. So a new process, a new socket, and an exec are seen at the tick they happen; a process that
-    rewrites its own argv (same comm) or swaps one fd for another of the same count is seen within
+    directory, and the links of its fds 0, 1 and 2. `status` (uid) and `cmdline` are read when the
+    process is new, when its comm or image addresses changed (an exec), and in a rolling full refresh
+    that re-reads every process once per `refresh_every` ticks. All fd links are read when the process
+    is new, when its number of open fds or a standard stream changed (a dup2 onto fd 0 keeps the
+    count), in the rolling refresh, and for every process as soon as /proc/net shows a socket inode no
+    known process owns. So a new process, a new socket, a swapped stdin and an exec are seen at the
+    tick they happen; a process that rewrites its own argv in memory (no exec) is seen within
     `refresh_every` ticks.
 
     At most `max_processes` processes (the lowest pids) and `max_fds` fd links per tick are read;
@@ -392,7 +393,8 @@ class ProcessWatcher:
                         except OSError:
                             fd_count = -2  # _check_fds finds it gone
                         checked: _Known | None = prev
-                        if fd_count != prev.fd_count:
+                        if fd_count != prev.fd_count or _streams_of(prev.dir_fd) != prev.streams:
+                            # A new fd count, or a standard stream swapped for another fd (dup2 keeps the count)
                             checked = self._check_fds(pid, prev, budget, fresh, result.errors)
                         if checked is not None:
                             known[pid] = self._compose(checked)
@@ -561,7 +563,7 @@ class ProcessWatcher:
         except OSError:
             self._release(entry)
             return None
-        if fd_count != entry.fd_count:
+        if fd_count != entry.fd_count or _streams_of(entry.dir_fd) != entry.streams:
             self._rescan_fds(pid, entry, budget, errors)
             entry.fd_count = fd_count
             fresh.add(pid)
@@ -758,6 +760,19 @@ class ProcessWatcher:
         if found_sockets != entry.sockets or found_devices != entry.devices:
             entry.sockets, entry.devices = found_sockets, found_devices
             self._dirty = True
+
+
+def _streams_of(dir_fd: int) -> tuple[str | None, str | None, str | None]:
+    """The link texts of fd 0, 1 and 2 in an open /proc/<pid>/fd, as `_rescan_fds` records them ("" when
+    closed, None when unreadable): three readlinkat calls, so that a dup2 onto a standard stream (which
+    keeps the fd count) is seen at the next tick."""
+    out: list[str | None] = []
+    for name in ("0", "1", "2"):
+        try:
+            out.append(os.readlink(name, dir_fd=dir_fd))
+        except OSError as exc:  # as _rescan_fds: closed (or not a link in a fake tree) is "", denied None
+            out.append(None if exc.errno in (errno.EACCES, errno.EPERM) else "")
+    return (out[0], out[1], out[2])
 
 
 def _holders(known: dict[int, _Known]) -> dict[str, set[int]]:

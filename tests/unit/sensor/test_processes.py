@@ -305,3 +305,57 @@ def test_container_id_and_name_from_the_cgroup(handmade: str, tmp_path: Path) ->
     unnamed = _info(processes.ProcessWatcher(str(root)), 9)
     assert (unnamed.container_id, unnamed.container) == (ident, "")
     assert _info(processes.ProcessWatcher(str(root)), 7).container_id == ""  # no cgroup file in the tree
+
+
+def test_a_standard_stream_swapped_with_the_same_fd_count_is_seen_at_the_next_tick(
+    handmade: str, tmp_path: Path
+) -> None:
+    # dup2(sock, 0); close(sock): the fd count is the same, only fd 0's link tells (the cache's invalidation).
+    root = _copy(handmade, tmp_path)
+    fd = root / "9" / "fd"
+    for name in os.listdir(fd):
+        os.unlink(fd / name)
+    os.symlink("pipe:[77]", fd / "0")
+    os.symlink("socket:[1002]", fd / "5")
+    watcher = processes.ProcessWatcher(str(root), refresh_every=1000)
+    first = _info(watcher, 9)
+    assert first.stdin is not None and first.stdin.kind == "pipe"
+    assert _info(watcher, 9) is first  # nothing changed: the cache holds
+    os.unlink(fd / "0")
+    os.unlink(fd / "5")
+    os.symlink("socket:[1002]", fd / "0")
+    info = _info(watcher, 9)
+    assert info.stdin is not None and (info.stdin.kind, info.stdin.inode) == ("socket", 1002)
+
+
+def test_a_real_process_that_dup2s_a_socket_onto_stdin_is_seen_at_the_next_tick(tmp_path: Path) -> None:
+    # A real process and a real socket pair (no traffic): the fd count of the process stays the same.
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import os, socket, sys\n"
+        "a, b = socket.socketpair()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os.dup2(a.fileno(), 0)\n"
+        "os.write(1, b'swapped\\n')\n"
+        "os.read(b.fileno(), 1)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == b"ready\n"
+        watcher = processes.ProcessWatcher("/proc", refresh_every=1000)
+        before = next(r.info for r in watcher.scan().processes if r.pid == child.pid)
+        assert before.stdin is not None and before.stdin.kind == "pipe"
+        count = len(os.listdir(f"/proc/{child.pid}/fd"))
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"swapped\n"
+        assert len(os.listdir(f"/proc/{child.pid}/fd")) == count  # dup2 replaced fd 0: same count
+        after = next(r.info for r in watcher.scan().processes if r.pid == child.pid)
+        assert after.stdin is not None and after.stdin.kind == "socket"
+    finally:
+        child.kill()
+        child.wait()
