@@ -116,6 +116,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         if check and result.returncode != 0:
             raise DemoError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
@@ -132,7 +133,9 @@ class DemoError(RuntimeError):
 
 def controlplane(*args: str, env: dict[str, str]) -> str:
     """scripts/controlplane with its progress on stderr (the user's terminal); its stdout returned."""
-    result = subprocess.run([str(ROOT / "scripts" / "controlplane"), *args], env=env, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "controlplane"), *args], env=env, stdout=subprocess.PIPE, text=True, check=False
+    )
     if result.returncode != 0:
         raise DemoError(f"scripts/controlplane {' '.join(args)} failed (exit {result.returncode})")
     return result.stdout
@@ -219,15 +222,16 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 def gpu_trace(path: Path, pod: str, miner_at: int | None, replay: list[dict[str, Any]] | None = None) -> None:
-    """Worker GPU telemetry: python3 (pid 3 in the pod) training on GPU 0; from tick `miner_at`, `xmrig` (pid 5,
-    the next process the pod starts) beside it at full utilization and power. The last tick holds."""
+    """Worker GPU telemetry (a template: pid -1 is the trainer, -2 the miner; the demo pod writes their real pids):
+    python3 training on GPU 0; from tick `miner_at`, `xmrig` beside it at full utilization and power. The last tick
+    holds."""
     lines = []
     ticks = (miner_at or 0) + 1 if miner_at is not None else 1
     for tick in range(ticks):
-        procs: list[dict[str, Any]] = [{"pid": 3, "name": "python3", "usedMemoryBytes": 30 << 30}]
+        procs: list[dict[str, Any]] = [{"pid": -1, "name": "python3", "usedMemoryBytes": 30 << 30}]
         util, power = 0.62, 280.0
         if miner_at is not None and tick >= miner_at:
-            procs.append({"pid": 5, "name": "xmrig", "usedMemoryBytes": 2 << 30})
+            procs.append({"pid": -2, "name": "xmrig", "usedMemoryBytes": 2 << 30})
             util, power = 1.0, 690.0
         gpus = [
             {
@@ -271,7 +275,7 @@ class DemoPod:
             f"--port={SENSOR_PORT}", "--interval=1", *sensor_flags,
         ]  # fmt: skip
         argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m"]
-        argv += ["trainguard.cli.demo_pod", str(self.work), ATTACKER, json.dumps(sensor)]
+        argv += ["trainguard.cli.demo_pod", str(self.work), ATTACKER, json.dumps(sensor), str(self.work / "gpu.in")]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(self.work / "unshare.log").open("wb"))
         self.pid1 = _pid1(self.process, self.name)
         if with_attacker:
@@ -375,17 +379,30 @@ class Timeline:
         self.seq[pod.name] = sample.seq
         state = pod.state()
         gpu = {p.name for g in sample.gpus for p in g.processes}
-        if "miner" in state and "miner" not in pod.seen and "xmrig" in gpu:
+        miner = next((p for p in sample.processes if p.name == "xmrig"), None)
+        if "miner" in state and "miner" not in pod.seen and miner is not None:
             pod.seen["miner"] = sample.ts
-            self.out.line("sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (utilization 100%)", "33")
+            where = "and on GPU 0 (replayed telemetry, 100% utilization)" if "xmrig" in gpu else "(not on the GPU yet)"
+            self.out.line("sample", f"{pod.name} seq {sample.seq}: process xmrig pid {miner.pid} {where}", "33")
+        if "miner" in pod.seen and "gpu" not in pod.seen and "xmrig" in gpu:
+            pod.seen["gpu"] = sample.ts
+            if miner is None or pod.seen["miner"] != sample.ts:
+                self.out.line("sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33")
         tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
         if "tunnel" in state and "tunnel" not in pod.seen and tunnel:
             pod.seen["tunnel"] = sample.ts
             c = tunnel[0]
-            self.out.line("sample", f"{pod.name} seq {sample.seq}: {c.local} -> {c.remote} {c.state} (pid {c.pid})", "33")
+            self.out.line(
+                "sample",
+                f"{pod.name} seq {sample.seq}: {c.local.address}:{c.local.port} -> {c.remote.address}:{c.remote.port}"
+                f" {c.state} (pid {c.pid})",
+                "33",
+            )
         if self.engine is not None:
             for decision in self.engine.observe(pod.ref, sample):
                 d = decision.to_dict()
+                if any(x.get("rule") == d.get("rule") and x.get("kind") == d.get("kind") for x in self.local[pod.name]):
+                    continue
                 self.local[pod.name].append(d)
                 self.out.line(
                     "detect", f"{pod.name}: {d.get('rule')} -> {decision.action} (engine run by the demo)", "35"
@@ -400,7 +417,12 @@ class Timeline:
             self.events.add(uid)
             involved, reason = e.get("involvedObject", {}), str(e.get("reason", ""))
             name, message = str(involved.get("name", "")), str(e.get("message", ""))
-            if involved.get("kind") not in ("Pod", "AgentTrainingJob") or reason in LIFECYCLE:
+            source = f"{e.get('reportingComponent', '')} {e.get('source', {}).get('component', '')}"
+            if (
+                involved.get("kind") not in ("Pod", "AgentTrainingJob")
+                or reason in LIFECYCLE
+                or "trainguard" not in source
+            ):
                 continue
             for pod in self.pods:
                 if name == pod.name or pod.name in message:
@@ -431,7 +453,11 @@ class Timeline:
             if o.quarantined_at is None and o.labels.get("trainguard.io/quarantined") == "true":
                 o.quarantined_at = time.time()
                 pod = next(p for p in self.pods if p.name == name)
-                self.out.line("action", f"{name}: labelled trainguard.io/quarantined=true{self.latency(pod, o.quarantined_at)}", "31;1")
+                self.out.line(
+                    "action",
+                    f"{name}: labelled trainguard.io/quarantined=true{self.latency(pod, o.quarantined_at)}",
+                    "31;1",
+                )
 
 
 # --- the whole demo ----------------------------------------------------------------------------
@@ -461,14 +487,18 @@ def _scenario_gpus(name: str) -> list[dict[str, Any]] | None:
 
 
 def _sensor_supports(flag: str) -> bool:
-    result = subprocess.run([sys.executable, "-m", "trainguard", "sensor", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainguard", "sensor", "--help"], capture_output=True, text=True, check=False
+    )
     return flag in result.stdout
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in order)
+def run(args: argparse.Namespace) -> int:
     out = Out(sys.stdout)
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        print("trainguard demo: needs root, unshare and ip (each demo pod is its own pid+net namespace)", file=sys.stderr)
+        print(
+            "trainguard demo: needs root, unshare and ip (each demo pod is its own pid+net namespace)", file=sys.stderr
+        )
         return 2
     try:
         replay = _scenario_gpus(args.scenario)
@@ -476,6 +506,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
         print(f"trainguard demo: {error}", file=sys.stderr)
         return 2
     cache = Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard"))
+    cache.mkdir(parents=True, exist_ok=True)
+    own_run = not os.environ.get("TRAINGUARD_RUN")
     run_dir = Path(os.environ.get("TRAINGUARD_RUN") or tempfile.mkdtemp(prefix="demo-", dir=cache))
     env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
     work = run_dir / "pods"
@@ -494,8 +526,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
         cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         oplog = (run_dir / "operator.log").open("wb")
         operator = subprocess.Popen(
-            [sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}", f"--namespace={NAMESPACE}",
-             "--admission-policy", "--metrics-port=0", "--resync=5"],
+            [sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}",
+             f"--namespace={NAMESPACE}", "--admission-policy", "--metrics-port=0", "--resync=5"],
             stdout=oplog, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out.raw(f"    operator pid {operator.pid}, log {run_dir / 'operator.log'}")
@@ -506,7 +538,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
         while True:  # the admission policy is installed by the operator at start
             applied = subprocess.run(
                 [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
-                input=json.dumps(body), capture_output=True, text=True,
+                input=json.dumps(body), capture_output=True, text=True, check=False,
             )  # fmt: skip
             if applied.returncode == 0:
                 break
@@ -527,12 +559,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
         running.sort(key=lambda p: int(p["metadata"].get("annotations", {}).get(
             "batch.kubernetes.io/job-completion-index", "0")))  # fmt: skip
         key: bytes | None = None
-        deadline = time.time() + 15
+        deadline = time.time() + (15 if _sensor_supports("--key-file") else 0)
         while key is None and time.time() < deadline:
             secret = subprocess.run(
                 [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "secret", f"{JOB}-sensor-key",
                  "-n", NAMESPACE, "-o", "jsonpath={.data.sensor\\.key}"],
-                capture_output=True, text=True,
+                capture_output=True, text=True, check=False,
             )  # fmt: skip
             if secret.returncode == 0 and secret.stdout:
                 import base64  # noqa: PLC0415
@@ -540,7 +572,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
                 key = base64.b64decode(secret.stdout)
             else:
                 time.sleep(0.5)
-        keyed = key is not None and _sensor_supports("--key-file")
+        keyed = key is not None
         out.raw(
             f"    sensor key: Secret {JOB}-sensor-key read from the API, passed with --key-file" if keyed
             else f"    sensor key: no Secret {JOB}-sensor-key (or no --key-file in this sensor): samples unsigned"
@@ -551,8 +583,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
         out.step("demo pods: real processes and sockets in their own pid+net namespaces, the real sensor in each")
         for pod in pods:
             pod.work.mkdir(parents=True, exist_ok=True)
-            trace = pod.work / "gpu.jsonl"
-            gpu_trace(trace, pod.ref, MINER_TICK if pod.index == 1 else None, replay if pod.index == 1 else None)
+            trace = pod.work / "gpu.jsonl"  # written by the demo pod from gpu.in
+            gpu_trace(
+                pod.work / "gpu.in", pod.ref, MINER_TICK if pod.index == 1 else None, replay if pod.index == 1 else None
+            )
             flags = ["--gpu-source=replay", f"--gpu-trace={trace}", "--gpu-trace-end=hold"]
             if keyed and key:
                 (pod.work / "sensor.key").write_bytes(key)
@@ -588,7 +622,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
                          "quarantined": timeline.outcome[worker0.name].quarantined_at is not None}  # fmt: skip
         out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
         worker0.trigger("tunnel")
-        tunnel_caught = until("the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None)
+        tunnel_caught = until(
+            "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
+        )
         timeline.poll()
         out.step(f"kubectl get atj -n {NAMESPACE}")
         out.raw(cluster.kubectl("get", "atj", "-n", NAMESPACE, "-o", "wide"))
@@ -650,3 +686,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one story, told in o
                 operator.kill()
         with contextlib.suppress(DemoError):
             controlplane("down", env=env)
+        if own_run and summary["ok"]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif not summary["ok"]:
+            out.raw(f"logs kept in {run_dir}")

@@ -5,8 +5,9 @@ It plays the workload (real processes, real sockets) and runs the REAL sensor be
 
 - a trainer (`python3`, sleeping in a training loop) from the start;
 - the sensor, bound to the pod's IP (on this namespace's own loopback; the demo forwards the host's pod IP to it);
-- on `miner`: a process named `xmrig` (a symlink to the interpreter, so the kernel's comm is `xmrig`), the one that
-  the replayed GPU trace puts on GPU 0;
+- a stub (`python3`, waiting) started before the sensor, so that its pid is known: on `miner` it execs in place into
+  `xmrig` (a symlink to the interpreter, so the kernel's comm is `xmrig`; the pid stays), the process that the
+  replayed GPU trace puts on GPU 0 (the player writes the real pids into the trace before the sensor starts);
 - on `tunnel`: a process named `ssh` whose command line is a reverse forward (`ssh -N -R ...`), holding a real TCP
   connection to the "attacker" listener at ATTACKER:22 (another network namespace, joined by a veth pair the demo
   creates; nothing leaves the machine).
@@ -18,7 +19,6 @@ The demo asks for a phase by creating the file `<workdir>/<phase>` (`miner`, `tu
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,6 +32,12 @@ TRAINER = "import time\nwhile True:\n    sum(i * i for i in range(20000))\n    t
 MINER = (
     "import hashlib, time\nh = b'rome'\nwhile True:\n"
     "    for _ in range(2000):\n        h = hashlib.sha256(h).digest()\n    time.sleep(0.2)\n"
+)
+#: The stub that becomes the miner: waits for its file, then execs in place (same pid) into xmrig.
+STUB = (
+    "import json, os, sys, time\nflag, spec = sys.argv[1:3]\n"
+    "while not os.path.exists(flag):\n    time.sleep(0.05)\n"
+    "argv = json.load(open(spec))\nos.execv(argv[0], argv)\n"
 )
 #: The tunnel: one TCP connection to the attacker, kept established, a few bytes a second each way.
 TUNNEL = (
@@ -60,6 +66,7 @@ def _named(work: Path, name: str) -> str:
 def main(argv: list[str]) -> int:
     work, attacker = Path(argv[0]), argv[1]
     sensor_argv: list[str] = json.loads(argv[2])
+    template = Path(argv[3])
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     children: list[subprocess.Popen[bytes]] = []
 
@@ -74,6 +81,16 @@ def main(argv: list[str]) -> int:
     trainer = subprocess.Popen([_named(work, "python3"), "-u", "-c", TRAINER, "train.py", "--env", "sandbox"])
     children.append(trainer)
     state["trainer"] = trainer.pid
+    # What the stub becomes, in a file: its own command line must not give it away before the exec.
+    miner_argv = [_named(work, "xmrig"), "-c", MINER, "-o", "stratum+tcp://pool.minexmr.example:4444", "--cuda"]
+    (work / "stub.json").write_text(json.dumps(miner_argv))
+    stub = subprocess.Popen([_named(work, "python3"), "-c", STUB, str(work / "miner"), str(work / "stub.json")])
+    children.append(stub)
+    state["stub"] = stub.pid
+    trace = (
+        template.read_text().replace('"pid": -1', f'"pid": {trainer.pid}').replace('"pid": -2', f'"pid": {stub.pid}')
+    )
+    (work / "gpu.jsonl").write_text(trace)
     sensor = subprocess.Popen(sensor_argv, stdout=log, stderr=log)
     children.append(sensor)
     state["sensor"] = sensor.pid
@@ -84,11 +101,7 @@ def main(argv: list[str]) -> int:
                 state["sensorExited"] = child.returncode
                 _write_state(work, state)
         if "miner" not in state and (work / "miner").exists():
-            miner = subprocess.Popen(
-                [_named(work, "xmrig"), "-c", MINER, "-o", "stratum+tcp://pool.minexmr.example:4444", "--cuda"]
-            )
-            children.append(miner)
-            state["miner"], state["minerAt"] = miner.pid, time.time()
+            state["miner"], state["minerAt"] = stub.pid, time.time()
             _write_state(work, state)
         if "tunnel" not in state and (work / "tunnel").exists():
             tunnel = subprocess.Popen(
