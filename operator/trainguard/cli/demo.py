@@ -38,6 +38,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -355,6 +356,7 @@ class Timeline:
     def __init__(self, cluster: Cluster, out: Out, pods: list[DemoPod], engine: Engine | None) -> None:
         self.cluster, self.out, self.pods, self.engine = cluster, out, pods, engine
         self.events: set[str] = set()
+        self.records: set[str] = set()
         self.conditions: dict[str, str] = {}
         self.outcome = {p.name: PodOutcome() for p in pods}
         self.local: dict[str, list[dict[str, Any]]] = {p.name: [] for p in pods}
@@ -435,6 +437,24 @@ class Timeline:
                     break
         atj = self.cluster.get("atj", JOB, "-n", NAMESPACE)
         self.status = dict(atj.get("status") or {})
+        for v in self.status.get("violations", []):
+            key = f"{v.get('pod')}|{v.get('rule')}|{v.get('time')}"
+            who = next((p for p in self.pods if p.name == v.get("pod")), None)
+            if key in self.records or who is None:
+                continue
+            self.records.add(key)
+            pod = who
+            self.outcome[pod.name].rules.add(str(v.get("rule")))
+            first = min(pod.seen.values()) if pod.seen else None
+            at = _rfc3339(str(v.get("time", "")))
+            measured = f" (recorded {at - first:.2f} s after the sample)" if first and at else ""
+            dry = " [dry run]" if v.get("dryRun") else ""
+            self.out.line(
+                "violation",
+                f"{pod.name}: {v.get('rule')} ({v.get('severity')}) -> {v.get('action')}{dry}: "
+                f"{str(v.get('evidence', ''))[:160]}{measured}",
+                "31",
+            )
         for c in self.status.get("conditions", []):
             text = f"{c.get('status')}/{c.get('reason', '')}"
             if self.conditions.get(c["type"]) != text:
@@ -458,6 +478,12 @@ class Timeline:
                     f"{name}: labelled trainguard.io/quarantined=true{self.latency(pod, o.quarantined_at)}",
                     "31;1",
                 )
+
+
+def _rfc3339(text: str) -> float | None:
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return None
 
 
 # --- the whole demo ----------------------------------------------------------------------------
@@ -618,8 +644,12 @@ def run(args: argparse.Namespace) -> int:
         out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
         worker1.trigger("miner")
         miner_caught = until("the miner quarantined", lambda: timeline.outcome[worker1.name].quarantined_at is not None)
-        before_tunnel = {"actions": list(timeline.outcome[worker0.name].actions),
-                         "quarantined": timeline.outcome[worker0.name].quarantined_at is not None}  # fmt: skip
+        before_tunnel = {
+            "actions": list(timeline.outcome[worker0.name].actions),
+            "quarantined": timeline.outcome[worker0.name].quarantined_at is not None,
+            "violations": [v for v in timeline.status.get("violations", []) if v.get("pod") == worker0.name],
+            "labels": dict(timeline.outcome[worker0.name].labels),
+        }
         out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
         worker0.trigger("tunnel")
         tunnel_caught = until(
