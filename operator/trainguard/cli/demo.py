@@ -222,7 +222,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
-def gpu_trace(path: Path, pod: str, miner_at: int | None, replay: list[dict[str, Any]] | None = None) -> None:
+def gpu_trace(path: Path, pod: str, miner_at: int | None) -> None:
     """Worker GPU telemetry (a template: pid -1 is the trainer, -2 the miner; the demo pod writes their real pids):
     python3 training on GPU 0; from tick `miner_at`, `xmrig` beside it at full utilization and power. The last tick
     holds."""
@@ -247,8 +247,6 @@ def gpu_trace(path: Path, pod: str, miner_at: int | None, replay: list[dict[str,
             }
         ]
         lines.append(json.dumps({"ts": 1767225600.0 + tick, "pod": pod, "seq": tick, "gpus": gpus}))
-    if replay:  # another scenario's GPU telemetry after the normal ticks
-        lines.extend(json.dumps({**r, "pod": pod, "seq": ticks + i}) for i, r in enumerate(replay))
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -500,16 +498,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds each phase may take (DEMO_TIMEOUT, default 60)")  # fmt: skip
 
 
-def _scenario_gpus(name: str) -> list[dict[str, Any]] | None:
+@dataclass
+class Scenario:
+    """A recorded scenario of examples/traces/ whose signals are GPU telemetry (or none): each worker's sensor replays
+    the GPU readings of one of the trace's pods while the demo pod runs the trainer only."""
+
+    name: str
+    kind: str
+    expect: set[str]
+    gpus: list[list[list[dict[str, Any]]]]  # per pod of the trace, in order: each tick's `gpus`
+
+
+def load_scenario(name: str) -> Scenario | None:
     if name == "rome":
         return None
     traces = ROOT / "examples" / "traces"
-    names = [s["trace"].removesuffix(".jsonl") for s in json.loads((traces / "scenarios.json").read_text())]
-    if name not in names:
-        raise DemoError(f"DEMO_SCENARIO={name}: not a scenario; choose rome or one of {', '.join(names)}")
-    rows = [json.loads(line) for line in (traces / f"{name}.jsonl").read_text().splitlines() if line.strip()]
-    first = rows[0]["pod"] if rows else ""
-    return [{"ts": r["ts"], "gpus": r.get("gpus", [])} for r in rows if r.get("pod") == first]
+    table = {s["trace"].removesuffix(".jsonl"): s for s in json.loads((traces / "scenarios.json").read_text())}
+    if name not in table:
+        raise DemoError(f"DEMO_SCENARIO={name}: not a scenario; choose rome or one of {', '.join(table)}")
+    entry = table[name]
+    expect = {e["rule"] if isinstance(e, dict) else str(e) for e in entry["expect"]}
+    if expect and not any(r.startswith("gpu.") for r in expect):
+        raise DemoError(
+            f"DEMO_SCENARIO={name}: its signals ({', '.join(sorted(expect))}) are processes and sockets, which the "
+            f"demo plays with real ones only in the rome scenario; replay the recording with "
+            f"`trainguard replay examples/traces/{name}.jsonl --policy examples/traces/{entry['policy']}`"
+        )
+    per_pod: dict[str, list[list[dict[str, Any]]]] = {}
+    for line in (traces / f"{name}.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            per_pod.setdefault(row.get("pod", ""), []).append(row.get("gpus", []))
+    return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, list(per_pod.values()))
 
 
 def _sensor_supports(flag: str) -> bool:
@@ -527,7 +547,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        replay = _scenario_gpus(args.scenario)
+        scenario = load_scenario(args.scenario)
     except DemoError as error:
         print(f"trainguard demo: {error}", file=sys.stderr)
         return 2
@@ -610,10 +630,17 @@ def run(args: argparse.Namespace) -> int:
         for pod in pods:
             pod.work.mkdir(parents=True, exist_ok=True)
             trace = pod.work / "gpu.jsonl"  # written by the demo pod from gpu.in
-            gpu_trace(
-                pod.work / "gpu.in", pod.ref, MINER_TICK if pod.index == 1 else None, replay if pod.index == 1 else None
-            )
-            flags = ["--gpu-source=replay", f"--gpu-trace={trace}", "--gpu-trace-end=hold"]
+            if scenario is None:
+                gpu_trace(pod.work / "gpu.in", pod.ref, MINER_TICK if pod.index == 1 else None)
+            else:
+                ticks = scenario.gpus[pod.index % len(scenario.gpus)]
+                rows = [
+                    json.dumps({"ts": 1767225600.0 + i, "pod": pod.ref, "seq": i, "gpus": g})
+                    for i, g in enumerate(ticks)
+                ]
+                (pod.work / "gpu.in").write_text("\n".join(rows) + "\n")
+            end = "hold" if scenario is None else "loop"
+            flags = ["--gpu-source=replay", f"--gpu-trace={trace}", f"--gpu-trace-end={end}"]
             if keyed and key:
                 (pod.work / "sensor.key").write_bytes(key)
                 (pod.work / "sensor.key").chmod(0o600)
@@ -639,22 +666,46 @@ def run(args: argparse.Namespace) -> int:
 
         out.line("phase", "normal training on both workers", "1")
         until("first samples", lambda: len(timeline.seq) == 2)
-        until("normal ticks", lambda: min(timeline.seq.values(), default=0) >= MINER_TICK - 2)
         worker0, worker1 = pods[0], pods[1]
-        out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
-        worker1.trigger("miner")
-        miner_caught = until("the miner quarantined", lambda: timeline.outcome[worker1.name].quarantined_at is not None)
-        before_tunnel = {
-            "actions": list(timeline.outcome[worker0.name].actions),
-            "quarantined": timeline.outcome[worker0.name].quarantined_at is not None,
-            "violations": [v for v in timeline.status.get("violations", []) if v.get("pod") == worker0.name],
-            "labels": dict(timeline.outcome[worker0.name].labels),
-        }
-        out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
-        worker0.trigger("tunnel")
-        tunnel_caught = until(
-            "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
-        )
+        before_tunnel: dict[str, Any] = {}
+        if scenario is None:
+            until("normal ticks", lambda: min(timeline.seq.values(), default=0) >= MINER_TICK - 2)
+            out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
+            worker1.trigger("miner")
+            miner_caught = until(
+                "the miner quarantined", lambda: timeline.outcome[worker1.name].quarantined_at is not None
+            )
+            before_tunnel = {
+                "actions": list(timeline.outcome[worker0.name].actions),
+                "quarantined": timeline.outcome[worker0.name].quarantined_at is not None,
+                "violations": [v for v in timeline.status.get("violations", []) if v.get("pod") == worker0.name],
+                "labels": dict(timeline.outcome[worker0.name].labels),
+            }
+            out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
+            worker0.trigger("tunnel")
+            tunnel_caught = until(
+                "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
+            )
+            ok = miner_caught and tunnel_caught
+        else:
+            out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
+            recorded: set[str] = set()
+
+            def expected() -> bool:
+                recorded.update(r for o in timeline.outcome.values() for r in o.rules)
+                return bool(scenario.expect & recorded)
+
+            if scenario.kind == "benign":
+                until_end = time.time() + args.timeout
+                while time.time() < until_end:
+                    timeline.poll()
+                    time.sleep(0.25)
+                ok = not any(o.quarantined_at or o.rules for o in timeline.outcome.values())
+            else:
+                ok = until(f"one of {sorted(scenario.expect)} recorded", expected)
+            out.line(
+                "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
+            )
         timeline.poll()
         out.step(f"kubectl get atj -n {NAMESPACE}")
         out.raw(cluster.kubectl("get", "atj", "-n", NAMESPACE, "-o", "wide"))
@@ -665,11 +716,14 @@ def run(args: argparse.Namespace) -> int:
         out.step(f"kubectl get networkpolicy -n {NAMESPACE} (the quarantine isolates the labelled pods)")
         out.raw(cluster.kubectl("get", "networkpolicy", "-n", NAMESPACE, "-o", "wide"))
         policies = cluster.get("networkpolicy", "-n", NAMESPACE).get("items", [])
-        for np in policies:
-            if "quarantin" in json.dumps(np.get("spec", {})) and np["metadata"]["name"].endswith("quarantine"):
+        for np in policies:  # what still selects a quarantined pod: the deny (every allow excludes the label)
+            if "trainguard.io/quarantined" not in json.dumps(np.get("spec", {})):
+                out.step(
+                    f"kubectl describe networkpolicy {np['metadata']['name']} (all that applies to a quarantined pod)"
+                )
                 out.raw(cluster.kubectl("describe", "networkpolicy", np["metadata"]["name"], "-n", NAMESPACE))
         summary.update(
-            ok=bool(miner_caught and tunnel_caught),
+            ok=bool(ok),
             miner=worker1.name,
             tunnel=worker0.name,
             beforeTunnel=before_tunnel,
@@ -681,7 +735,7 @@ def run(args: argparse.Namespace) -> int:
                       "labels": o.labels, "annotations": o.annotations, "conditions": o.conditions}
                   for n, o in timeline.outcome.items()},
         )  # fmt: skip
-        if not summary["ok"]:
+        if not summary["ok"] and scenario is None:
             out.raw(
                 "trainguard demo: the operator did not quarantine both pods in time. The collector, engine worker "
                 "and quarantine (issue 13) must be installed; the lines marked 'detect' above are the engine run by "
