@@ -506,6 +506,7 @@ class Scenario:
     name: str
     kind: str
     expect: set[str]
+    policy: dict[str, Any]  # the scenario's policy (the job takes it instead of rome-lockdown's)
     gpus: list[list[list[dict[str, Any]]]]  # per pod of the trace, in order: each tick's `gpus`
 
 
@@ -529,7 +530,8 @@ def load_scenario(name: str) -> Scenario | None:
         if line.strip():
             row = json.loads(line)
             per_pod.setdefault(row.get("pod", ""), []).append(row.get("gpus", []))
-    return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, list(per_pod.values()))
+    policy = yaml.safe_load((traces / entry["policy"]).read_text())["spec"]["policy"]
+    return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, policy, list(per_pod.values()))
 
 
 def _sensor_supports(flag: str) -> bool:
@@ -579,6 +581,8 @@ def run(args: argparse.Namespace) -> int:
         out.raw(f"    operator pid {operator.pid}, log {run_dir / 'operator.log'}")
         body = yaml.safe_load((ROOT / "examples" / "rome-lockdown.yaml").read_text())
         body["metadata"]["name"], body["metadata"]["namespace"] = JOB, NAMESPACE
+        if scenario is not None:
+            body["spec"]["policy"] = scenario.policy
         atj = AgentTrainingJob.model_validate(body)
         deadline = time.time() + 30
         while True:  # the admission policy is installed by the operator at start
@@ -654,14 +658,14 @@ def run(args: argparse.Namespace) -> int:
         timeline = Timeline(cluster, out, pods, engine)
         out.step("timeline (sample: what a sensor sent; violation/action/status: what the API says)")
 
-        def until(what: str, done: Any) -> bool:
-            end = time.time() + args.timeout
+        def until(what: str, done: Any, timeout: float = args.timeout) -> bool:
+            end = time.time() + timeout
             while time.time() < end:
                 timeline.poll()
                 if done():
                     return True
                 time.sleep(0.25)
-            out.line("timeout", f"{what}: not seen within {args.timeout:.0f} s", "31")
+            out.line("timeout", f"{what}: not seen within {timeout:.0f} s", "31")
             return False
 
         out.line("phase", "normal training on both workers", "1")
@@ -690,19 +694,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
             recorded: set[str] = set()
+            wait = max(args.timeout, max(len(t) for t in scenario.gpus) + 20.0)  # the whole recording, once
 
             def expected() -> bool:
                 recorded.update(r for o in timeline.outcome.values() for r in o.rules)
+                recorded.update(str(d.get("rule")) for ds in timeline.local.values() for d in ds)
                 return bool(scenario.expect & recorded)
 
             if scenario.kind == "benign":
-                until_end = time.time() + args.timeout
+                until_end = time.time() + wait
                 while time.time() < until_end:
                     timeline.poll()
                     time.sleep(0.25)
-                ok = not any(o.quarantined_at or o.rules for o in timeline.outcome.values())
+                expected()
+                ok = not recorded and not any(o.quarantined_at for o in timeline.outcome.values())
             else:
-                ok = until(f"one of {sorted(scenario.expect)} recorded", expected)
+                ok = until(f"one of {sorted(scenario.expect)} recorded", expected, wait)
             out.line(
                 "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
             )
