@@ -248,10 +248,34 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             series(
                 "GPU profile: SM clock",
-                "Mean SM clock of the job's GPUs. (Per-pipe activity, the sample's GPU profile, has no metric yet.)",
+                "Mean SM clock of the job's GPUs.",
                 "hertz",
                 query(
                     f"avg by (namespace, job) (trainguard_sensor_gpu_sm_clock_hertz{{{JOB}}})", "{{namespace}}/{{job}}"
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "GPU profile: pipe activity",
+                "What the job's GPUs compute (NVML GPM), mean share of time per pipe. Training keeps the tensor "
+                "pipes busy, physics simulation FP32; a hash loop busies the integer pipes and DRAM with the "
+                "tensor and floating-point pipes idle (docs/detection.md, gpu.mining-signature).",
+                "percentunit",
+                query(
+                    f"avg by (namespace, job, pipe) (trainguard_sensor_gpu_pipe_active_ratio{{{JOB}}})",
+                    "{{namespace}}/{{job}} {{pipe}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "GPU profile: SM occupancy",
+                "Resident warps as a share of the SMs' maximum on the job's GPUs (NVML GPM).",
+                "percentunit",
+                query(
+                    f"avg by (namespace, job) (trainguard_sensor_gpu_sm_occupancy_ratio{{{JOB}}})",
+                    "{{namespace}}/{{job}}",
                 ),
             )
         )

@@ -17,6 +17,7 @@ from tests.unit import crdschema
 from trainguard.api import crdgen, v1alpha1
 from trainguard.api.sample import Sample
 from trainguard.api.validation import InvalidResource, describe, parse_agent_training_job
+from trainguard.cli import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml"))
@@ -50,7 +51,7 @@ def test_both_crd_copies_are_identical() -> None:
 
 
 def test_check_names_the_stale_file_and_says_how_to_fix_it(tmp_path: Path) -> None:
-    for rel, text in crdgen.outputs().items():
+    for rel, text in generate.outputs().items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     stale = tmp_path / crdgen.CRD_PATHS[1]
@@ -69,7 +70,7 @@ def test_check_names_the_stale_file_and_says_how_to_fix_it(tmp_path: Path) -> No
 
 
 def test_check_passes_on_fresh_output(tmp_path: Path) -> None:
-    for rel, text in crdgen.outputs().items():
+    for rel, text in generate.outputs().items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     result = subprocess.run(
@@ -274,3 +275,22 @@ def test_problems_read_as_field_path_and_message() -> None:
     assert describe(bad_field.value) == [
         "processes[0].pid: Input should be a valid integer, unable to parse string as an integer"
     ]
+
+
+def test_check_names_a_drifted_admission_policy(tmp_path: Path) -> None:
+    """The chart's admission policy is generated from the builder: an edit by hand (or a builder change without
+    `make crds`) fails the check, naming the file."""
+    for rel, text in generate.outputs().items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    drifted = tmp_path / generate.ADMISSION_POLICY_PATH
+    drifted.write_text(drifted.read_text().replace("failurePolicy: Fail", "failurePolicy: Ignore"))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainguard", "crdgen", "--check", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    named = [line.split(":")[0] for line in result.stderr.splitlines() if "make crds" in line]
+    assert named == [str(generate.ADMISSION_POLICY_PATH)]

@@ -34,7 +34,7 @@ RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD = CHART / "files" / "dashboards" / "trainguard.json"
 PROMTOOL_TESTS = ROOT / "tests" / "promtool" / "alerts_test.yaml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
-TRACE = ROOT / "examples" / "traces" / "ddp-nccl.jsonl"
+TRACE = ROOT / "examples" / "traces" / "profiled-training.jsonl"  # its GPUs have a profile: all families render
 
 #: Labels Prometheus puts on every series of a target: the scrape job and instance, the Kubernetes service
 #: discovery's namespace, pod, container, service and endpoint, and the two the chart's ServiceMonitor copies from

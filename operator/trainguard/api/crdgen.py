@@ -230,10 +230,11 @@ def outputs() -> dict[Path, str]:
     return files
 
 
-def stale(root: Path) -> list[tuple[Path, str]]:
-    """Generated files that differ from what is on disk under root, with a short diff each."""
+def stale(root: Path, files: dict[Path, str] | None = None) -> list[tuple[Path, str]]:
+    """Generated files (`files`, default `outputs()`) that differ from what is on disk under root, with a short diff
+    each."""
     out = []
-    for rel, want in outputs().items():
+    for rel, want in (outputs() if files is None else files).items():
         path = root / rel
         have = path.read_text() if path.exists() else ""
         if have != want:
@@ -261,15 +262,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, files: dict[Path, str] | None = None) -> int:
+    """Write (or with --check, compare) `files`, default `outputs()`."""
     root: Path = args.root
+    files = outputs() if files is None else files
     if args.check:
-        problems = stale(root)
+        problems = stale(root, files)
         for rel, diff in problems:
             print(f"{rel}: differs from the API models; run `make crds` (trainguard crdgen)", file=sys.stderr)
             print(diff, file=sys.stderr)
         return 1 if problems else 0
-    for rel, text in outputs().items():
+    for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:

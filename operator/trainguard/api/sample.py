@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 from pydantic import Field
 
+from trainguard.api import wire
 from trainguard.api.base import WireModel
 
 SAMPLE_VERSION: Literal[2] = 2
@@ -427,11 +428,34 @@ def parse_sample(line: str | bytes) -> Sample:
     """One JSON line, version 1 or 2, to a Sample. Raises ValueError (json) or pydantic.ValidationError.
 
     A line that says its version is validated from its JSON directly (pydantic's own parser, the
-    fast way); a line without one (version 1), or one that is not a JSON object, goes the long way."""
+    fast way); a line without one (version 1), or one that is not a JSON object, goes the long way.
+    Fields are read by their wire (camelCase) names only, as the sensor writes them."""
     try:
         has_version = _VERSION.decode(line).version is not None
     except (msgspec.DecodeError, UnicodeError):
         has_version = False
     if has_version:
-        return Sample.model_validate_json(line)
-    return Sample.model_validate(upgrade(json.loads(line)))
+        return Sample.model_validate_json(line, by_alias=True, by_name=False)
+    return Sample.model_validate(upgrade(json.loads(line)), by_alias=True, by_name=False)
+
+
+# --- the reading path: the models' msgspec twins -----------------------------------------------------------------
+
+#: Sample's msgspec twin (`trainguard.api.wire`), with `version` required: a line without one is version 1.
+SampleStruct = wire.twin(Sample, required=("version",))
+_READ = msgspec.json.Decoder(SampleStruct)
+
+
+def read_sample(line: str | bytes) -> Sample:
+    """One JSON line, version 1 or 2, read for the engine: `parse_sample`'s result and errors, about 5x faster.
+
+    What comes back is the sample's msgspec twin (`SampleStruct`): the model's fields with the
+    model's values, frozen, and none of the model's methods (no `model_dump`; typed as `Sample` for
+    the fields it shares). A line the twin accepts, pydantic accepts with the same values; a line
+    it declines (version 1, a value pydantic would coerce, anything broken) is judged by
+    `parse_sample`, which raises its error naming the field or returns a model, converted."""
+    try:
+        return cast(Sample, _READ.decode(line))
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
+        pass
+    return cast(Sample, wire.from_model(parse_sample(line), SampleStruct))

@@ -265,6 +265,14 @@ class GpuPolicy(ApiModel):
             "without matches its file name) or re: and an RE2 expression searched in the path; unset allows any."
         ),
     )
+    max_processes_per_gpu: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most compute processes allowed on one GPU at once (a data-parallel trainer runs one per GPU); "
+            "more is gpu.processes.exceeded. Unset allows any number."
+        ),
+    )
     mining_signature: bool = Field(
         default=True, description="Detect GPU use that looks like mining rather than training."
     )

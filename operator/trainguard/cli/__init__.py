@@ -26,7 +26,7 @@ class Command(Protocol):
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "crdgen": ("trainguard.api.crdgen", "write the CRD and the sample schema from the API models"),
+    "crdgen": ("trainguard.cli.generate", "write the CRD, the sample schema and the chart's admission policy"),
     "demo": ("trainguard.cli.demo", "the ROME incident, caught and contained, on the embedded control plane"),
     "replay": ("trainguard.cli.replay", "run the detection engine over recorded traces"),
     "run": ("trainguard.handlers.command", "run the operator (kopf): AgentTrainingJobs in, guarded Jobs out"),

@@ -77,7 +77,19 @@ class MiningThresholds:
     #: Corroboration without DCGM: framebuffer use below this fraction of the GPU's memory.
     max_memory_fraction: float = 0.30
     #: Corroboration with profiling: tensor-pipe activity (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE) below this.
+    #: With a full profile, also the profile's own bound on the tensor pipes (mean over active samples).
     max_tensor_active: float = 0.05
+    #: Profile: the mean activity over the window (utilization, or smActive) at least this. A miner
+    #: hashing 7 s of every 10, or at 70% of every second, is at 0.7; below 0.5 it gives up half the GPU.
+    min_duty: float = 0.50
+    #: Profile: a sample counts as active (its pipe mix is averaged) from this activity on.
+    active_floor: float = 0.10
+    #: Profile: every floating-point pipe (FP16, FP32, FP64) below this on average over active samples.
+    #: Training runs FP16/BF16 and FP32 work beside the matrix multiplies, physics simulation is FP32.
+    max_float_active: float = 0.10
+    #: Profile: the integer pipes or the memory interface at least this busy on average over active
+    #: samples: what a hash loop does (integer rounds, and for Ethash-style hashes DAG reads).
+    min_hash_active: float = 0.20
 
 
 #: The DCGM profiling metric for the fraction of cycles the tensor cores were busy.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from trainguard.api import validation
-from trainguard.api.sample import Sample, parse_sample
+from trainguard.api.sample import Sample, read_sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def read_samples(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[in
         if not text.strip():
             continue
         try:
-            yield number, parse_sample(text)
+            yield number, read_sample(text)
         except ValidationError as err:
             yield number, LineError(source, number, describe(err))
         except ValueError as err:  # not JSON (json.JSONDecodeError), not UTF-8 (UnicodeDecodeError)

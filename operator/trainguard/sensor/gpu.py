@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from trainguard.api.sample import GpuProcess, GpuSample, parse_sample
+from trainguard.api.sample import GpuProcess, GpuProfile, GpuSample, parse_sample
 from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 
 
@@ -50,8 +51,51 @@ class NoGpuSource:
         return None
 
 
+#: The GPU profile's fields and the NVML GPM metrics they are read from (each a percentage 0..100).
+GPM_METRICS: tuple[tuple[str, str], ...] = (
+    ("tensor_active", "NVML_GPM_METRIC_ANY_TENSOR_UTIL"),
+    ("dram_active", "NVML_GPM_METRIC_DRAM_BW_UTIL"),
+    ("int_active", "NVML_GPM_METRIC_INTEGER_UTIL"),
+    ("fp16_active", "NVML_GPM_METRIC_FP16_UTIL"),
+    ("fp32_active", "NVML_GPM_METRIC_FP32_UTIL"),
+    ("fp64_active", "NVML_GPM_METRIC_FP64_UTIL"),
+    ("sm_active", "NVML_GPM_METRIC_SM_UTIL"),
+    ("sm_occupancy", "NVML_GPM_METRIC_SM_OCCUPANCY"),
+)
+
+#: NVML_ERROR_FUNCTION_NOT_FOUND: a driver too old for the call (GPM needs R520 or later).
+_FUNCTION_NOT_FOUND = 13
+
+
+def gpm_request(nvml: ModuleType | Any, older: Any, newer: Any) -> Any:
+    """pynvml's `c_nvmlGpmMetricsGet_t` asking for GPM_METRICS between two GPM samples of one GPU."""
+    get = nvml.c_nvmlGpmMetricsGet_t()
+    get.version = nvml.NVML_GPM_METRICS_GET_VERSION
+    get.numMetrics = len(GPM_METRICS)
+    get.sample1 = older
+    get.sample2 = newer
+    for i, (_, metric) in enumerate(GPM_METRICS):
+        get.metrics[i].metricId = getattr(nvml, metric)
+    return get
+
+
+@dataclass(slots=True)
+class _Gpm:
+    """One GPU's GPM state: whether it supports GPM, and its two samples (the last one taken, and the next)."""
+
+    supported: bool
+    previous: Any = None
+    spare: Any = None
+    taken: bool = False
+
+
 class NvmlGpuSource:
     """Reads every GPU NVML can see.
+
+    The profile (what the kernels computed) comes from NVML's GPU Performance Monitoring (GPM,
+    Hopper and later): a GPM sample per GPU per read, and the metrics between this read's sample and
+    the previous one, so the first read of a GPU has no profile. A GPU without GPM support has
+    `profile: null` and one `gpu_unsupported` error says so.
 
     Without a driver `nvmlInit` raises (NVMLError_LibraryNotFound); the source then reports
     `gpu_unavailable` each tick and retries the initialisation every `retry_s` seconds. A reading a
@@ -71,6 +115,7 @@ class NvmlGpuSource:
         self._init_error = ""
         self._unsupported: set[str] = set()
         """The readings already reported as unsupported (`GPU <index> <what>`)."""
+        self._gpm: dict[int, _Gpm] = {}
 
     def _ensure_initialised(self) -> bool:
         if self._initialised:
@@ -155,9 +200,80 @@ class NvmlGpuSource:
             GpuProcess(pid=int(p.pid), used_memory_bytes=None if p.usedGpuMemory is None else int(p.usedGpuMemory))
             for p in running or ()
         ]
+        profile = self._profile(index, handle, errors)
+        if profile is not None:
+            values["profile"] = profile
         return values, None if minor is None else int(minor)
 
+    def _unsupported_once(self, errors: list[SensorError], what: str, why: str) -> None:
+        if what not in self._unsupported:
+            self._unsupported.add(what)
+            errors.append(error(SensorErrorKind.GPU_UNSUPPORTED, f"{what}: {why}"))
+
+    def _gpm_state(self, index: int, handle: Any, errors: list[SensorError]) -> _Gpm:
+        state = self._gpm.get(index)
+        if state is not None:
+            return state
+        nvml = self._nvml
+        what = f"GPU {index} profile (GPM)"
+        if not hasattr(nvml, "nvmlGpmQueryDeviceSupport"):  # an nvidia-ml-py older than GPM (12.520)
+            self._unsupported_once(errors, what, "this nvidia-ml-py has no GPM API; null")
+            state = self._gpm[index] = _Gpm(False)
+            return state
+        try:
+            supported = bool(nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+            if supported:
+                state = _Gpm(True, nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc())
+        except nvml.NVMLError as exc:
+            if getattr(exc, "value", None) not in (nvml.NVML_ERROR_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                errors.append(error(SensorErrorKind.GPU_READ, f"{what}: {exc}"))
+                return _Gpm(False)  # not remembered: asked again next read
+            supported = False
+        if state is None:
+            self._unsupported_once(errors, what, "not supported by this GPU or driver (Hopper or later); null")
+            state = _Gpm(False)
+        self._gpm[index] = state
+        return state
+
+    def _profile(self, index: int, handle: Any, errors: list[SensorError]) -> GpuProfile | None:
+        """The GPM metrics between the previous read of this GPU and now; None on its first read or without GPM."""
+        state = self._gpm_state(index, handle, errors)
+        if not state.supported:
+            return None
+        nvml = self._nvml
+        try:
+            nvml.nvmlGpmSampleGet(handle, state.spare)
+        except nvml.NVMLError as exc:
+            errors.append(error(SensorErrorKind.GPU_READ, f"GPU {index} profile (GPM) sample: {exc}"))
+            state.taken = False
+            return None
+        state.previous, state.spare = state.spare, state.previous
+        if not state.taken:
+            state.taken = True
+            return None
+        get = gpm_request(nvml, state.spare, state.previous)
+        try:
+            nvml.nvmlGpmMetricsGet(get)
+        except nvml.NVMLError as exc:
+            errors.append(error(SensorErrorKind.GPU_READ, f"GPU {index} profile (GPM) metrics: {exc}"))
+            return None
+        values: dict[str, float] = {}
+        for i, (name, metric) in enumerate(GPM_METRICS):
+            m = get.metrics[i]
+            if int(m.nvmlReturn) == 0 and math.isfinite(m.value):
+                values[name] = min(max(float(m.value) / 100.0, 0.0), 1.0)
+            else:
+                why = f"not given (NVML {m.nvmlReturn}); null"
+                self._unsupported_once(errors, f"GPU {index} profile {metric}", why)
+        return GpuProfile.model_validate(values)
+
     def close(self) -> None:
+        for state in self._gpm.values():
+            for gpm_sample in (state.previous, state.spare):
+                if gpm_sample is not None:
+                    with contextlib.suppress(self._nvml.NVMLError):
+                        self._nvml.nvmlGpmSampleFree(gpm_sample)
+        self._gpm.clear()
         if self._initialised:
             with contextlib.suppress(self._nvml.NVMLError):
                 self._nvml.nvmlShutdown()

@@ -15,12 +15,25 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trainguard.api.sample import Sample
+from trainguard.api.sample import GpuProfile, Sample
 from trainguard.sensor.errors import SensorError, SensorErrorKind
 from trainguard.sensor.sockets import TABLES, TCP_STATES
 
 PREFIX = "trainguard_sensor"
 _CONNECTION_STATES = frozenset(TCP_STATES.values())
+
+
+def pipe_activity(p: GpuProfile) -> tuple[tuple[str, float | None], ...]:
+    """The `pipe` label values of a profile and their activity."""
+    return (
+        ("tensor", p.tensor_active),
+        ("dram", p.dram_active),
+        ("int", p.int_active),
+        ("fp16", p.fp16_active),
+        ("fp32", p.fp32_active),
+        ("fp64", p.fp64_active),
+        ("sm", p.sm_active),
+    )
 
 
 class LatestSampleCollector(Collector):
@@ -46,6 +59,17 @@ class LatestSampleCollector(Collector):
         )
         power = GaugeMetricFamily(f"{PREFIX}_gpu_power_watts", "Power draw of the GPU.", labels=gpu_labels)
         clock = GaugeMetricFamily(f"{PREFIX}_gpu_sm_clock_hertz", "SM clock of the GPU.", labels=gpu_labels)
+        pipes = GaugeMetricFamily(
+            f"{PREFIX}_gpu_pipe_active_ratio",
+            "What the GPU's kernels computed (its profile, NVML GPM): the share of time each pipe was active, 0 to 1 "
+            "(pipe: tensor, dram, int, fp16, fp32, fp64, sm). No series where the GPU does not report it.",
+            labels=[*gpu_labels, "pipe"],
+        )
+        occupancy = GaugeMetricFamily(
+            f"{PREFIX}_gpu_sm_occupancy_ratio",
+            "Resident warps as a share of the SMs' maximum (the GPU's profile, NVML GPM), 0 to 1.",
+            labels=gpu_labels,
+        )
         gpu_processes = GaugeMetricFamily(
             f"{PREFIX}_gpu_processes", "Compute processes on the GPU (any pod).", labels=gpu_labels
         )
@@ -82,6 +106,12 @@ class LatestSampleCollector(Collector):
                 power.add_metric(labels, gpu.power_watts)
             if gpu.sm_clock_mhz is not None:
                 clock.add_metric(labels, gpu.sm_clock_mhz * 1e6)
+            if gpu.profile is not None:
+                for pipe, active in pipe_activity(gpu.profile):
+                    if active is not None:
+                        pipes.add_metric([*labels, pipe], active)
+                if gpu.profile.sm_occupancy is not None:
+                    occupancy.add_metric(labels, gpu.profile.sm_occupancy)
             gpu_processes.add_metric(labels, len(gpu.processes))
             unattributed.add_metric(labels, sum(1 for p in gpu.processes if not p.name))
         processes.add_metric([], len(sample.processes))
@@ -95,7 +125,7 @@ class LatestSampleCollector(Collector):
         by_state = Tally((c.proto, c.state if c.state in _CONNECTION_STATES else "OTHER") for c in sample.connections)
         for (proto, state), count in sorted(by_state.items()):
             connections.add_metric([proto, state], count)
-        yield from (utilization, memory_used, memory_total, power, clock, gpu_processes, unattributed)
+        yield from (utilization, memory_used, memory_total, power, clock, pipes, occupancy, gpu_processes, unattributed)
         yield from (processes, listening, connections, unconnected, clients)
 
 

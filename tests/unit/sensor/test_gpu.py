@@ -7,9 +7,19 @@ from typing import Any
 import pynvml
 import pytest
 
-from trainguard.api.sample import GpuProcess, GpuSample, Sample
+from trainguard.api.sample import GpuProcess, GpuProfile, GpuSample, Sample
 from trainguard.sensor.errors import SensorErrorKind
-from trainguard.sensor.gpu import NvmlGpuSource, ReplayGpuSource, TraceEnd, TraceError, load_trace
+from trainguard.sensor.gpu import (
+    GPM_METRICS,
+    NvmlGpuSource,
+    ReplayGpuSource,
+    TraceEnd,
+    TraceError,
+    gpm_request,
+    load_trace,
+)
+
+from .fakegpm import FakeGpm
 
 
 class FakeNvmlError(Exception):
@@ -18,14 +28,30 @@ class FakeNvmlError(Exception):
         self.value = value
 
 
-class FakeNvml:
-    """The slice of pynvml the source uses, with two GPUs."""
+def hashing(handle: int, first: int, second: int) -> dict[int, float | None]:
+    """A hash loop on the GPU (integer pipes and DRAM busy, tensor and FP idle); no integer counters on handle 2."""
+    return {
+        FakeGpm.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 0.0,
+        FakeGpm.NVML_GPM_METRIC_DRAM_BW_UTIL: 71.0,
+        FakeGpm.NVML_GPM_METRIC_INTEGER_UTIL: None if handle == 2 else 64.5 + second - first,
+        FakeGpm.NVML_GPM_METRIC_FP16_UTIL: 0.0,
+        FakeGpm.NVML_GPM_METRIC_FP32_UTIL: 1.5,
+        FakeGpm.NVML_GPM_METRIC_FP64_UTIL: 0.0,
+        FakeGpm.NVML_GPM_METRIC_SM_UTIL: 99.0,
+        FakeGpm.NVML_GPM_METRIC_SM_OCCUPANCY: 250.0,  # out of range: clamped to 1.0
+    }
+
+
+class FakeNvml(FakeGpm):
+    """The slice of pynvml the source uses, with two GPUs; GPU 0 has GPM, GPU 1 (as a pre-Hopper board) not."""
 
     NVMLError = FakeNvmlError
     NVML_ERROR_NOT_SUPPORTED = 3
     NVML_CLOCK_SM = 1
 
-    def __init__(self, *, fail_init: int = 0) -> None:
+    def __init__(self, *, fail_init: int = 0, gpus: int = 2, gpm: frozenset[int] = frozenset({0})) -> None:
+        super().__init__(set(gpm), hashing, FakeNvmlError)
+        self.gpus = gpus
         self.fail_init = fail_init
         self.init_calls = 0
         self.shutdown_calls = 0
@@ -40,7 +66,7 @@ class FakeNvml:
         self.shutdown_calls += 1
 
     def nvmlDeviceGetCount(self) -> int:
-        return 2
+        return self.gpus
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
@@ -95,10 +121,87 @@ def test_nvml_source_reads_every_field() -> None:
         (SensorErrorKind.GPU_UNSUPPORTED, "GPU 1 utilization: not supported by this GPU (null)"),
         (SensorErrorKind.GPU_UNSUPPORTED, "GPU 1 power: not supported by this GPU (null)"),
         (SensorErrorKind.GPU_READ, "GPU 1 SM clock: NVML error 15"),
+        (
+            SensorErrorKind.GPU_UNSUPPORTED,
+            "GPU 1 profile (GPM): not supported by this GPU or driver (Hopper or later); null",
+        ),
     ]
     again = source.read()
     assert again.gpus[1].utilization is None
+    assert again.gpus[1].profile is None
+    assert again.gpus[0].profile is not None  # the second read has two GPM samples to compare
     assert [(e.kind, e.message) for e in again.errors] == [(SensorErrorKind.GPU_READ, "GPU 1 SM clock: NVML error 15")]
+
+
+def test_gpm_profile_is_read_between_two_samples_in_0_to_1() -> None:
+    nvml = FakeNvml()
+    source = NvmlGpuSource(nvml)
+    assert source.read().gpus[0].profile is None  # one GPM sample: nothing to compare yet
+    second = source.read()
+    assert second.gpus[0].profile == GpuProfile(
+        tensor_active=0.0,
+        dram_active=0.71,
+        int_active=0.655,  # 64.5 + one tick between the two samples
+        fp16_active=0.0,
+        fp32_active=0.015,
+        fp64_active=0.0,
+        sm_active=0.99,
+        sm_occupancy=1.0,
+    )
+    assert not [e for e in second.errors if "GPU 0" in e.message]
+    source.close()
+    assert nvml.samples and all(s.freed for s in nvml.samples)  # every GPM buffer given back
+
+
+def test_gpm_metric_a_sku_lacks_is_null_and_said_once() -> None:
+    nvml = FakeNvml(gpus=3, gpm=frozenset({0, 2}))
+    source = NvmlGpuSource(nvml)
+    source.read()
+    second, third = source.read(), source.read()
+    assert second.gpus[2].profile is not None and second.gpus[2].profile.int_active is None
+    assert second.gpus[2].profile.dram_active == 0.71
+    lacks = "GPU 2 profile NVML_GPM_METRIC_INTEGER_UTIL: not given (NVML 3); null"
+    assert [e.message for e in second.errors if e.message.startswith("GPU 2")] == [lacks]
+    assert [e.kind for e in second.errors if e.message == lacks] == [SensorErrorKind.GPU_UNSUPPORTED]
+    assert not [e for e in third.errors if e.message.startswith("GPU 2")]
+
+
+def test_a_failed_gpm_sample_is_an_error_and_the_next_profile_waits_for_two_fresh_samples() -> None:
+    nvml = FakeNvml()
+    source = NvmlGpuSource(nvml)
+    source.read()
+    nvml.fail_sample.add(0)
+    failed = source.read()
+    assert failed.gpus[0].profile is None
+    assert [(e.kind, e.message) for e in failed.errors if "GPU 0" in e.message] == [
+        (SensorErrorKind.GPU_READ, "GPU 0 profile (GPM) sample: NVML error 999")
+    ]
+    assert source.read().gpus[0].profile is None  # a fresh start: one sample
+    assert source.read().gpus[0].profile is not None
+
+
+def test_an_nvidia_ml_py_without_gpm_says_so_once() -> None:
+    class OldNvml(FakeNvml):
+        def __getattribute__(self, name: str) -> object:
+            if name.startswith("nvmlGpm"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    source = NvmlGpuSource(OldNvml(gpus=1))
+    first = source.read()
+    assert first.gpus[0].profile is None
+    assert [e.message for e in first.errors] == ["GPU 0 profile (GPM): this nvidia-ml-py has no GPM API; null"]
+    assert source.read().errors == []
+
+
+def test_the_gpm_request_fits_real_pynvml_structures() -> None:
+    # What the fake cannot check: the request is written into pynvml's own ctypes structure and
+    # sample pointers without a type error (the call itself needs a driver: scripts/gpu-check.sh).
+    older, newer = pynvml.c_nvmlGpmSample_t(), pynvml.c_nvmlGpmSample_t()
+    get = gpm_request(pynvml, older, newer)
+    assert isinstance(get, pynvml.c_nvmlGpmMetricsGet_t)
+    assert get.numMetrics == len(GPM_METRICS) == 8
+    assert [get.metrics[i].metricId for i in range(8)] == [getattr(pynvml, m) for _, m in GPM_METRICS]
 
 
 def test_nvml_without_driver_reports_and_retries() -> None:

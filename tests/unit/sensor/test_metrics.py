@@ -6,6 +6,7 @@ from trainguard.api.sample import (
     Connection,
     Endpoint,
     GpuProcess,
+    GpuProfile,
     GpuSample,
     ListeningSocket,
     Sample,
@@ -86,3 +87,29 @@ def test_before_the_first_sample_only_sensor_metrics() -> None:
     seen = parse(SensorMetrics(lambda: None, lambda: 0).render())
     assert not any(name.startswith("trainguard_sensor_gpu") for name, _ in seen)
     assert seen[("trainguard_sensor_samples_total", ())] == 0
+
+
+def test_the_gpu_profile_is_a_gauge_per_pipe_and_absent_where_unknown() -> None:
+    s = Sample(
+        ts=1,
+        pod="a/b",
+        seq=0,
+        gpus=[
+            GpuSample(
+                index=0,
+                uuid="GPU-a",
+                profile=GpuProfile(tensor_active=0.5, int_active=None, fp32_active=0.1, sm_occupancy=0.4),
+            ),
+            GpuSample(index=1, uuid="GPU-b"),  # no GPM: no series at all
+        ],
+    )
+    seen = parse(SensorMetrics(lambda: s, lambda: 0).render())
+    pipes = {
+        dict(labels)["pipe"]: v
+        for (name, labels), v in seen.items()
+        if name == "trainguard_sensor_gpu_pipe_active_ratio"
+    }
+    assert pipes == {"tensor": 0.5, "fp32": 0.1}
+    assert all(dict(labels)["gpu"] == "0" for (n, labels) in seen if n.startswith("trainguard_sensor_gpu_pipe"))
+    assert seen[("trainguard_sensor_gpu_sm_occupancy_ratio", (("gpu", "0"), ("uuid", "GPU-a")))] == 0.4
+    assert not [k for k in seen if k[0] == "trainguard_sensor_gpu_sm_occupancy_ratio" and ("gpu", "1") in k[1]]
