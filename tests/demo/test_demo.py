@@ -7,6 +7,7 @@ this test asserts the incident's outcome from it:
 
 - worker 1 is quarantined for a GPU/miner rule, worker 0 for the tunnel, each recorded in the job's status;
 - before its tunnel, worker 0 (then the benign worker) had no violation, no action and no quarantine label;
+- the established tunnel is cut (the sensor's samples stop showing it after the quarantine);
 - the job's status counts them: Violating=True, quarantinedPods names both, the violations carry Quarantine.
 
 It needs the enforcement loop (issue 13: collector, engine worker, quarantine); docs/sessions/2026-12-01-demo.md
@@ -109,6 +110,8 @@ def test_the_tunnel_is_quarantined_and_the_benign_worker_was_left_alone_until_th
     assert pod["labels"].get("trainguard.io/quarantined") == "true", pod
     records = _violations(summary, tunnel)
     assert {v["rule"] for v in records} & TUNNEL_RULES, records
+    # The quarantine cut what was already open: the sensor's next samples no longer show the tunnel.
+    assert "cut" in summary["seen"][tunnel], summary["seen"]
     assert any("203.0.113.66" in v.get("evidence", "") or "ssh" in v.get("evidence", "") for v in records), records
 
 

