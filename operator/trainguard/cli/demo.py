@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -261,6 +262,7 @@ class DemoPod:
     forwarder: Forwarder | None = None
     pid1: int = 0
     seen: dict[str, float] = field(default_factory=dict)  # step -> ts of the first sample that showed it
+    closed: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ref(self) -> str:
@@ -304,28 +306,30 @@ class DemoPod:
     def trigger(self, phase: str) -> None:
         (self.work / phase).touch()
 
-    def sample(self) -> Sample | None:
-        """The sensor's latest sample, read through the pod's IP as the operator would (signed where keyed)."""
-        tries = [(sensorproto.SAMPLE_PATH, True), ("/v1/sample", False)] if self.key else [("/v1/sample", False)]
-        for path, signed in tries:
-            request = urllib.request.Request(f"http://{self.ip}:{SENSOR_PORT}{path}")
-            if signed and self.key:
-                request.add_header("Authorization", f"Bearer {sensorproto.pod_credential(self.key, self.ref)}")
-            try:
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    body = response.read()
-            except (urllib.error.URLError, OSError):
-                continue
-            if signed and self.key:
+    def follow(self, samples: queue.Queue[tuple[DemoPod, Sample]]) -> None:
+        """Read the sensor's stream through the pod's IP, as the operator does (signed lines where keyed), every
+        sample of it, in a thread of its own; reconnect until stopped."""
+
+        def read() -> None:
+            path = sensorproto.SAMPLES_PATH if self.key else "/v1/samples"
+            while not self.closed.is_set():
+                request = urllib.request.Request(f"http://{self.ip}:{SENSOR_PORT}{path}")
+                if self.key:
+                    request.add_header("Authorization", f"Bearer {sensorproto.pod_credential(self.key, self.ref)}")
                 try:
-                    body = sensorproto.verify_sample(self.key, body)
-                except sensorproto.BadSignature:
-                    continue
-            with contextlib.suppress(ValueError):
-                return Sample.model_validate_json(body.split(b"\t")[0])
-        return None
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        for line in response:
+                            if self.closed.is_set():
+                                return
+                            body = sensorproto.verify_sample(self.key, line) if self.key else line.split(b"\t")[0]
+                            samples.put((self, Sample.model_validate_json(body)))
+                except (OSError, ValueError, sensorproto.BadSignature):
+                    self.closed.wait(0.5)
+
+        threading.Thread(target=read, daemon=True).start()
 
     def stop(self) -> None:
+        self.closed.set()
         if self.forwarder:
             self.forwarder.close()
         for p in (self.process, self.attacker):
@@ -353,6 +357,9 @@ class Timeline:
     def __init__(self, cluster: Cluster, out: Out, pods: list[DemoPod], engine: Engine | None) -> None:
         self.cluster, self.out, self.pods, self.engine = cluster, out, pods, engine
         self.events: set[str] = set()
+        self.samples: queue.Queue[tuple[DemoPod, Sample]] = queue.Queue()
+        for pod in pods:
+            pod.follow(self.samples)
         self.records: set[str] = set()
         self.conditions: dict[str, str] = {}
         self.outcome = {p.name: PodOutcome() for p in pods}
@@ -365,14 +372,15 @@ class Timeline:
         return f" ({at - ts:.2f} s after the sample)" if ts else ""
 
     def poll(self) -> None:
-        for pod in self.pods:
-            self._sensor(pod)
+        while True:
+            try:
+                pod, sample = self.samples.get_nowait()
+            except queue.Empty:
+                break
+            self._sensor(pod, sample)
         self._api()
 
-    def _sensor(self, pod: DemoPod) -> None:
-        sample = pod.sample()
-        if sample is None or self.seq.get(pod.name) == sample.seq:
-            return
+    def _sensor(self, pod: DemoPod, sample: Sample) -> None:
         if pod.name not in self.seq:
             self.out.line("sample", f"{pod.name}: first sample from its sensor ({len(sample.processes)} processes)")
         self.seq[pod.name] = sample.seq
