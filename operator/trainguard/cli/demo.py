@@ -93,8 +93,9 @@ class Out:
     def step(self, text: str) -> None:
         print(self._c("1", f"==> {text}"), file=self.stream, flush=True)
 
-    def line(self, what: str, text: str, code: str = "0") -> None:
-        stamp = f"{time.time() - self.t0:7.2f}s"
+    def line(self, what: str, text: str, code: str = "0", at: float | None = None) -> None:
+        """One timeline line, stamped with `at` (a sample's own time) or now, in seconds since the demo started."""
+        stamp = f"{(at or time.time()) - self.t0:7.2f}s"
         print(f"{stamp}  {self._c(code, f'{what:<9}')} {text}", file=self.stream, flush=True)
 
     def raw(self, text: str) -> None:
@@ -344,11 +345,16 @@ class DemoPod:
 @dataclass
 class PodOutcome:
     quarantined_at: float | None = None
+    violation_at: float | None = None  # when the demo first saw a violation of the pod in the job's status
     rules: set[str] = field(default_factory=set)
     actions: list[dict[str, Any]] = field(default_factory=list)  # {reason, at, message}
     conditions: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+
+
+def _after(first: float, t: float | None) -> str:
+    return f"{t - first:.2f} s" if t else "-"
 
 
 class Timeline:
@@ -372,17 +378,44 @@ class Timeline:
         return f" ({at - ts:.2f} s after the sample)" if ts else ""
 
     def poll(self) -> None:
+        self.drain()
+        self._api()
+        self.drain()
+
+    def drain(self) -> None:
         while True:
             try:
                 pod, sample = self.samples.get_nowait()
             except queue.Empty:
-                break
+                return
             self._sensor(pod, sample)
-        self._api()
+
+    def latencies(self) -> list[str]:
+        """Per pod: from the first sample that showed its step to the violation in the job's status, the quarantine
+        label, and the first sample without the tunnel."""
+        rows = []
+        for pod in self.pods:
+            o = self.outcome[pod.name]
+            first = min((pod.seen[k] for k in ("miner", "tunnel") if k in pod.seen), default=None)
+            if first is None:
+                continue
+
+            violation, label = _after(first, o.violation_at), _after(first, o.quarantined_at)
+            rows.append(
+                f"    {pod.name}: violation in status {violation}, quarantine label {label}"
+                + (
+                    f", tunnel gone from the samples {_after(first, pod.seen.get('cut'))}"
+                    if "tunnel" in pod.seen
+                    else ""
+                )
+            )
+        return rows
 
     def _sensor(self, pod: DemoPod, sample: Sample) -> None:
         if pod.name not in self.seq:
-            self.out.line("sample", f"{pod.name}: first sample from its sensor ({len(sample.processes)} processes)")
+            self.out.line(
+                "sample", f"{pod.name}: first sample from its sensor ({len(sample.processes)} processes)", at=sample.ts
+            )
         self.seq[pod.name] = sample.seq
         state = pod.state()
         gpu = {p.name for g in sample.gpus for p in g.processes}
@@ -390,11 +423,15 @@ class Timeline:
         if "miner" in state and "miner" not in pod.seen and miner is not None:
             pod.seen["miner"] = sample.ts
             where = "and on GPU 0 (replayed telemetry, 100% utilization)" if "xmrig" in gpu else "(not on the GPU yet)"
-            self.out.line("sample", f"{pod.name} seq {sample.seq}: process xmrig pid {miner.pid} {where}", "33")
+            self.out.line(
+                "sample", f"{pod.name} seq {sample.seq}: process xmrig pid {miner.pid} {where}", "33", at=sample.ts
+            )
         if "miner" in pod.seen and "gpu" not in pod.seen and "xmrig" in gpu:
             pod.seen["gpu"] = sample.ts
             if miner is None or pod.seen["miner"] != sample.ts:
-                self.out.line("sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33")
+                self.out.line(
+                    "sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33", at=sample.ts
+                )
         tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
         if "tunnel" in state and "tunnel" not in pod.seen and tunnel:
             pod.seen["tunnel"] = sample.ts
@@ -404,11 +441,15 @@ class Timeline:
                 f"{pod.name} seq {sample.seq}: {c.local.address}:{c.local.port} -> {c.remote.address}:{c.remote.port}"
                 f" {c.state} (pid {c.pid})",
                 "33",
+                at=sample.ts,
             )
         if "tunnel" in pod.seen and "cut" not in pod.seen and not tunnel:
             pod.seen["cut"] = sample.ts
             self.out.line(
-                "sample", f"{pod.name} seq {sample.seq}: the tunnel to {ATTACKER}:22 is gone (cut in the pod)", "32"
+                "sample",
+                f"{pod.name} seq {sample.seq}: the tunnel to {ATTACKER}:22 is gone (cut in the pod)",
+                "32",
+                at=sample.ts,
             )
         if self.engine is not None:
             for decision in self.engine.observe(pod.ref, sample):
@@ -417,7 +458,10 @@ class Timeline:
                     continue
                 self.local[pod.name].append(d)
                 self.out.line(
-                    "detect", f"{pod.name}: {d.get('rule')} -> {decision.action} (engine run by the demo)", "35"
+                    "detect",
+                    f"{pod.name}: {d.get('rule')} -> {decision.action} (engine run by the demo)",
+                    "35",
+                    at=sample.ts,
                 )
 
     def _api(self) -> None:
@@ -455,6 +499,7 @@ class Timeline:
                 continue
             self.records.add(key)
             pod = who
+            self.outcome[pod.name].violation_at = self.outcome[pod.name].violation_at or time.time()
             self.outcome[pod.name].rules.add(str(v.get("rule")))
             dry = " [dry run]" if v.get("dryRun") else ""
             evidence = " ".join(str(v.get("evidence", "")).split())
@@ -695,6 +740,8 @@ def run(args: argparse.Namespace) -> int:
             tunnel_caught = until(
                 "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
             )
+            if tunnel_caught:
+                until("the tunnel gone from worker 0's samples", lambda: "cut" in worker0.seen, 15.0)
             ok = miner_caught and tunnel_caught
         else:
             out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
@@ -719,6 +766,9 @@ def run(args: argparse.Namespace) -> int:
                 "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
             )
         timeline.poll()
+        out.step("latencies, from the sample that showed each step (sample time to the demo seeing the API change)")
+        for row in timeline.latencies():
+            out.raw(row)
         out.step(f"kubectl get atj -n {NAMESPACE}")
         out.raw(cluster.kubectl("get", "atj", "-n", NAMESPACE, "-o", "wide"))
         for pod in pods:
