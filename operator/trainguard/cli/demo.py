@@ -297,7 +297,10 @@ class DemoPod:
                 ["nsenter", "-t", str(attacker_pid), "-n", "ip", "link", "set", b, "up"],
             ):
                 subprocess.run(cmd, check=True, capture_output=True)
-        self.forwarder = Forwarder(self.ip, SENSOR_PORT, self.pid1)
+        try:
+            self.forwarder = Forwarder(self.ip, SENSOR_PORT, self.pid1)
+        except OSError as error:
+            raise DemoError(f"{self.ip}:{SENSOR_PORT}: {error.strerror} (another process has it)") from None
 
     def state(self) -> dict[str, Any]:
         with contextlib.suppress(OSError, ValueError):
@@ -584,6 +587,10 @@ def load_scenario(name: str) -> Scenario | None:
     return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, policy, list(per_pod.values()))
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does
+
+
 def _sensor_supports(flag: str) -> bool:
     result = subprocess.run(
         [sys.executable, "-m", "trainguard", "sensor", "--help"], capture_output=True, text=True, check=False
@@ -607,7 +614,11 @@ def run(args: argparse.Namespace) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     own_run = not os.environ.get("TRAINGUARD_RUN")
     run_dir = Path(os.environ.get("TRAINGUARD_RUN") or tempfile.mkdtemp(prefix="demo-", dir=cache))
+    # Pods on 127.112.0.0/12 (one /16 per node): the tests' KWOK pods use 127.128.0.0/9, and another process on
+    # this machine serving <podIP>:9400 would answer the operator in place of the demo's sensor.
     env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
+    env.setdefault("TRAINGUARD_CLUSTER_CIDR", "127.112.0.0/12")
+    signal.signal(signal.SIGTERM, _terminate)
     work = run_dir / "pods"
     pods: list[DemoPod] = []
     operator: subprocess.Popen[bytes] | None = None
@@ -813,6 +824,9 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as error:
         print(f"trainguard demo: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("trainguard demo: interrupted", file=sys.stderr)
+        return 130
     finally:
         if args.summary:
             args.summary.write_text(json.dumps(summary, indent=2, default=str))
