@@ -644,6 +644,9 @@ def run(args: argparse.Namespace) -> int:
         body["metadata"]["name"], body["metadata"]["namespace"] = JOB, NAMESPACE
         if scenario is not None:
             body["spec"]["policy"] = scenario.policy
+        # KWOK reports a pod Running before the demo has started its sensor (the key is read from the API first):
+        # a wider silence bound than the example's 10 s, so that a slow machine's start is not `sensor.silent`.
+        body["spec"].setdefault("monitoring", {})["sensorSilenceSeconds"] = 30
         atj = AgentTrainingJob.model_validate(body)
         deadline = time.time() + 30
         while True:  # the admission policy is installed by the operator at start
@@ -785,7 +788,8 @@ def run(args: argparse.Namespace) -> int:
         for pod in pods:
             if timeline.outcome[pod.name].quarantined_at is not None:
                 out.step(f"kubectl describe pod {pod.name} (the evidence)")
-                out.raw(cluster.kubectl("describe", "pod", pod.name, "-n", NAMESPACE))
+                described = cluster.kubectl("describe", "pod", pod.name, "-n", NAMESPACE, check=False)
+                out.raw(described or f"(pod {pod.name} is gone: the operator deleted it, see the Events above)")
                 evidence = timeline.outcome[pod.name].annotations.get("trainguard.io/evidence")
                 if evidence:
                     out.step(f"{pod.name}: annotation trainguard.io/evidence")
