@@ -68,8 +68,9 @@ def test_the_demo_exits_0_and_shows_the_timeline_and_the_evidence(
     out = result.stdout
     assert result.returncode == 0, f"exit {result.returncode}:\n{out[-6000:]}\n{result.stderr[-3000:]}"
     assert summary["ok"]
-    for text in ("first sample from its sensor", "xmrig", "203.0.113.66:22 ESTABLISHED", "kubectl get atj"):
+    for text in ("first sample from its sensor", "process xmrig", "kubectl get atj", "latencies"):
         assert text in out, f"{text!r} missing from the output:\n{out[-6000:]}"
+    assert "203.0.113.66:22 ESTABLISHED" in out or "process ssh" in out
     assert f"kubectl describe pod {summary['miner']}" in out and f"kubectl describe pod {summary['tunnel']}" in out
     assert "trainguard.io/quarantined" in out  # the NetworkPolicies' selectors and the pods' labels
     assert "\033[" not in out  # no colour without a terminal
@@ -110,7 +111,8 @@ def test_the_tunnel_is_quarantined_and_the_benign_worker_was_left_alone_until_th
     assert pod["labels"].get("trainguard.io/quarantined") == "true", pod
     records = _violations(summary, tunnel)
     assert {v["rule"] for v in records} & TUNNEL_RULES, records
-    # The quarantine cut what was already open: the sensor's next samples no longer show the tunnel.
+    # The quarantine cut what was already open: the sensor's next samples no longer show the tunnel, or the
+    # attacker's end of it saw it closed.
     assert "cut" in summary["seen"][tunnel], summary["seen"]
     assert any("203.0.113.66" in v.get("evidence", "") or "ssh" in v.get("evidence", "") for v in records), records
 

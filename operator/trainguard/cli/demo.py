@@ -54,7 +54,7 @@ NAMESPACE = "rome-demo"
 JOB = "rome"
 SENSOR_PORT = 9400
 ATTACKER, POD_SIDE = "203.0.113.66", "203.0.113.10"  # TEST-NET-3, only inside namespaces the demo creates
-MINER_TICK = 12  # the GPU trace puts the miner on worker 1's GPU from this sample on
+MINER_TICK = 16  # the GPU trace puts the miner on worker 1's GPU from this sample on
 CLONE_NEWNET = 0x40000000
 #: Pod and job Event reasons of the operator's own lifecycle (everything else on a guarded pod is the loop's).
 LIFECYCLE = {"Created", "Updated", "Applied", "Reconciled", "Ready", "SensorNotReady", "ChildrenApplied"}
@@ -66,16 +66,21 @@ import socket, subprocess, threading
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", 22)); srv.listen(8)
-def serve(c):
-    with c:
-        while True:
-            data = c.recv(4096)
-            if not data:
-                return
-            c.sendall(data)
+def serve(c, peer):
+    print("open", peer, flush=True)
+    try:
+        with c:
+            while True:
+                data = c.recv(4096)
+                if not data:
+                    break
+                c.sendall(data)
+    except OSError as e:
+        print("error", peer, e, flush=True)
+    print("closed", peer, flush=True)
 while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+    c, peer = srv.accept()
+    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
 """
 
 
@@ -282,8 +287,8 @@ class DemoPod:
         if with_attacker:
             self.attacker = subprocess.Popen(
                 ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-c", LISTENER],
-                stdout=subprocess.DEVNULL,
-                stderr=(self.work / "attacker.log").open("wb"),
+                stdout=(self.work / "attacker.log").open("wb"),
+                stderr=subprocess.STDOUT,
             )
             attacker_pid = _pid1(self.attacker, "the attacker's host")
             a, b = f"tgd{self.pid1}a", f"tgd{self.pid1}b"
@@ -384,6 +389,7 @@ class Timeline:
         self.drain()
         self._api()
         self.drain()
+        self.attacker_saw_close()
 
     def drain(self) -> None:
         while True:
@@ -392,6 +398,16 @@ class Timeline:
             except queue.Empty:
                 return
             self._sensor(pod, sample)
+
+    def attacker_saw_close(self) -> None:
+        """The attacker's end of the tunnel (the listener's log): a close there is the cut, seen from outside."""
+        for pod in self.pods:
+            if pod.attacker is None or "cut" in pod.seen or "tunnel" not in pod.seen:
+                continue
+            with contextlib.suppress(OSError):
+                if "closed" in (pod.work / "attacker.log").read_text():
+                    pod.seen["cut"] = time.time()
+                    self.out.line("attacker", f"{ATTACKER}:22: the tunnel from {pod.name} was closed (cut)", "32")
 
     def latencies(self) -> list[str]:
         """Per pod: from the first sample that showed its step to the violation in the job's status, the quarantine
@@ -436,8 +452,16 @@ class Timeline:
                     "sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33", at=sample.ts
                 )
         tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
-        if "tunnel" in state and "tunnel" not in pod.seen and tunnel:
+        ssh = next((p for p in sample.processes if "tunnel" in state and p.pid == state["tunnel"]), None)
+        if ssh is not None and "tunnel" not in pod.seen and not tunnel:
             pod.seen["tunnel"] = sample.ts
+            args = " ".join(ssh.argv[2:])
+            self.out.line(
+                "sample", f"{pod.name} seq {sample.seq}: process ssh pid {ssh.pid} ({args})", "33", at=sample.ts
+            )
+        if "tunnel" in state and "connection" not in pod.seen and tunnel:
+            pod.seen.setdefault("tunnel", sample.ts)
+            pod.seen["connection"] = sample.ts
             c = tunnel[0]
             self.out.line(
                 "sample",
@@ -446,7 +470,7 @@ class Timeline:
                 "33",
                 at=sample.ts,
             )
-        if "tunnel" in pod.seen and "cut" not in pod.seen and not tunnel:
+        if "connection" in pod.seen and "cut" not in pod.seen and not tunnel:
             pod.seen["cut"] = sample.ts
             self.out.line(
                 "sample",
@@ -737,7 +761,7 @@ def run(args: argparse.Namespace) -> int:
         worker0, worker1 = pods[0], pods[1]
         before_tunnel: dict[str, Any] = {}
         if scenario is None:
-            until("normal ticks", lambda: min(timeline.seq.values(), default=0) >= MINER_TICK - 2)
+            until("normal ticks", lambda: timeline.seq.get(worker1.name, 0) >= MINER_TICK - 4)
             out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
             worker1.trigger("miner")
             miner_caught = until(
@@ -755,7 +779,11 @@ def run(args: argparse.Namespace) -> int:
                 "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
             )
             if tunnel_caught:
-                until("the tunnel gone from worker 0's samples", lambda: "cut" in worker0.seen, 15.0)
+                until(
+                    "the tunnel cut (gone from the samples, or closed at the attacker's end)",
+                    lambda: "cut" in worker0.seen,
+                    15.0,
+                )
             ok = miner_caught and tunnel_caught
         else:
             out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
