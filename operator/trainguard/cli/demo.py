@@ -422,11 +422,7 @@ class Timeline:
             violation, label = _after(first, o.violation_at), _after(first, o.quarantined_at)
             rows.append(
                 f"    {pod.name}: violation in status {violation}, quarantine label {label}"
-                + (
-                    f", tunnel gone from the samples {_after(first, pod.seen.get('cut'))}"
-                    if "tunnel" in pod.seen
-                    else ""
-                )
+                + (f", tunnel cut {_after(first, pod.seen.get('cut'))}" if "tunnel" in pod.seen else "")
             )
         return rows
 
@@ -808,7 +804,9 @@ def run(args: argparse.Namespace) -> int:
                 "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
             )
         timeline.poll()
-        out.step("latencies, from the sample that showed each step (sample time to the demo seeing the API change)")
+        out.step(
+            "latencies: from the sample that showed each step to the demo seeing the change in the API (upper bounds: the demo polls)"
+        )
         for row in timeline.latencies():
             out.raw(row)
         out.step(f"kubectl get atj -n {NAMESPACE}")
