@@ -804,9 +804,7 @@ def run(args: argparse.Namespace) -> int:
                 "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
             )
         timeline.poll()
-        out.step(
-            "latencies: from the sample that showed each step to the demo seeing the change in the API (upper bounds: the demo polls)"
-        )
+        out.step("latencies: from the sample that showed each step to the demo seeing the API change (upper bounds)")
         for row in timeline.latencies():
             out.raw(row)
         out.step(f"kubectl get atj -n {NAMESPACE}")
