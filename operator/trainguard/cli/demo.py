@@ -15,9 +15,11 @@ The steps (docs/sessions/2026-12-01-demo.md says why each is so):
    that showed each step and the latency from it; then `kubectl get atj`, the quarantined pods' evidence and the
    NetworkPolicy that isolates them; clean-up.
 
-Environment: DEMO_SCENARIO (`rome`, the default; or a scenario of examples/traces/scenarios.json whose GPU
-telemetry worker 1 replays), DEMO_KEEP=1 (leave everything running, print the KUBECONFIG line), DEMO_SUMMARY=PATH
-(write the outcome as JSON: the test reads it), DEMO_TIMEOUT (seconds each phase may take, default 60).
+Environment: DEMO_SCENARIO (`rome`, the default; or a scenario of examples/traces/scenarios.json whose signals are
+GPU telemetry: each worker replays one of its pods' GPU readings under the scenario's policy), DEMO_KEEP=1 (leave
+everything running until Ctrl-C, print the KUBECONFIG line), DEMO_SUMMARY=PATH (write the outcome as JSON: the test
+reads it), DEMO_TIMEOUT (seconds each phase may take, default 60), DEMO_LOCAL_ENGINE=0 (do not run the detection
+engine in the demo itself), TRAINGUARD_CLUSTER_CIDR (the demo pods' addresses, default 127.112.0.0/12).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
