@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools node-tools test unit demo bench clean
+.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test-tools node-tools test unit demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,13 +53,16 @@ controlplane: ## build (or reuse from the cache) the local Kubernetes control pl
 tools: ## install helm, promtool and kwok into the cache
 	scripts/controlplane tools
 
+test-tools: ## install the tools the red-team tests attack with (root; skipped tests say what is missing)
+	scripts/test-tools
+
 node-tools: ## install the real-node tier (root): Debian packages, kubelet, kube-router, pod images
 	scripts/realnode install
 
 unit: venv ## the tests that need no control plane
 	$(BIN)/pytest -m 'not integration'
 
-test: venv lint typecheck layers crds-check dashboards-check controlplane tools ## everything CI runs
+test: venv lint typecheck layers crds-check dashboards-check controlplane tools test-tools ## everything CI runs
 	$(BIN)/pytest
 
 demo: venv ## the ROME incident, caught and contained (DEMO_SCENARIO=, DEMO_KEEP=1; needs root)

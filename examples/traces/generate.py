@@ -1047,6 +1047,27 @@ SCENARIOS: list[Scenario] = [
 ]
 
 
+#: Traces recorded by the real sensor in a namespace (`tests/redteam/record_trace.py`), not generated: their
+#: scenario entries as they are. Benign training-like processes, then at the 15th second a real `ssh -R` to the
+#: allowed object store on 443.
+RECORDED: list[Json] = [
+    {
+        "trace": "recorded-ssh-443.jsonl",
+        "policy": "policy-training.yaml",
+        "kind": "attack",
+        "description": (
+            "recorded by the real v2 sensor (tests/redteam/record_trace.py): a trainer with its rendezvous, DNS "
+            "and checkpoint uploads, then a real ssh -R to the allowed object store on 443"
+        ),
+        "context": {"podIPs": ["10.244.1.10", "10.244.1.11"], "dnsResolvers": ["10.96.0.10"]},
+        "expect": [
+            {"rule": "process.denied", "pod": "agents/rl-trainer-worker-0", "from": 1796164887.8, "withinSeconds": 1},
+            {"rule": "net.tunnel", "pod": "agents/rl-trainer-worker-0", "from": 1796164887.8, "withinSeconds": 1},
+        ],
+    }
+]
+
+
 def render(sc: Scenario, seed: int) -> list[str]:
     workers = [Worker(rank, sc.pods, random.Random(seed * 1000 + rank)) for rank in range(sc.pods)]
     for w in workers:
@@ -1094,6 +1115,7 @@ def main() -> None:
             }
         )
         print(f"{path.name}: {path.stat().st_size // 1024} KiB")
+    manifest.extend(RECORDED)
     (HERE / "scenarios.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 

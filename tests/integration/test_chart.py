@@ -23,7 +23,10 @@ from kubernetes.client.exceptions import ApiException
 from tests import helm as chart
 from tests.integration.conftest import Cluster
 from tests.polling import wait_for
-from trainguard.api import crdgen
+from trainguard.api import crdgen, v1alpha1
+from trainguard.api.v1alpha1 import SENSOR_CONTAINER
+from trainguard.builders import names, workload
+from trainguard.builders.settings import BuildSettings, SensorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING_CRDS = sorted((ROOT / "tests" / "fixtures" / "crds" / "prometheus-operator-v0.85.0").glob("*.yaml"))
@@ -108,21 +111,22 @@ def no_admission_policy(cluster: Cluster) -> Iterator[None]:
 def _pod(
     namespace: str, name: str, labels: dict[str, str], host_network: bool = False, sensor: bool = False
 ) -> dict[str, Any]:
-    """A pod; with `sensor`, one that carries the sensor sidecar as the operator builds it (image, uid, native)."""
+    """A pod; with `sensor`, one that carries the sensor sidecar exactly as the operator's builders make it for the
+    chart's default sensor image (security context, key volume, native sidecar), so that the test follows the
+    builder instead of restating it."""
     spec: dict[str, Any] = {
         "hostNetwork": host_network,
         "automountServiceAccountToken": False,
         "containers": [{"name": "main", "image": "busybox"}],
     }
     if sensor:
-        spec["initContainers"] = [
-            {
-                "name": "trainguard-sensor",
-                "image": "ghcr.io/trainguard/trainguard:0.1.0",
-                "restartPolicy": "Always",
-                "securityContext": {"runAsUser": 65532},
-            }
-        ]
+        atj = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+        atj["metadata"]["name"] = labels.get("trainguard.io/job", atj["metadata"]["name"])
+        parsed = v1alpha1.AgentTrainingJob.model_validate(atj)
+        image = "ghcr.io/trainguard/trainguard:0.1.0"
+        built = workload.pod_template(atj, parsed, BuildSettings(sensor=SensorSettings(image=image)))["spec"]
+        spec["initContainers"] = [c for c in built["initContainers"] if c["name"] == SENSOR_CONTAINER]
+        spec["volumes"] = [v for v in built["volumes"] if v["name"] == names.SENSOR_KEY_VOLUME]
     metadata = {"name": name, "namespace": namespace, "labels": labels}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 

@@ -123,9 +123,45 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
         "must run image registry.test/trainguard:1.2.3",
     ),
     (
-        "sensor-runs-as-another-uid",
-        lambda p: _init(p)[0]["securityContext"].update(runAsUser=1000),
-        "must run as its own uid 65532",
+        "sensor-gains-a-capability",
+        lambda p: _init(p)[0]["securityContext"]["capabilities"]["add"].append("SYS_ADMIN"),
+        "must drop ALL capabilities and add only DAC_READ_SEARCH, KILL, NET_ADMIN, SYS_PTRACE",
+    ),
+    (
+        "sensor-may-escalate",
+        lambda p: _init(p)[0]["securityContext"].update(allowPrivilegeEscalation=True),
+        "must drop ALL capabilities and add only",
+    ),
+    (
+        "workload-mounts-the-sensor-key",
+        lambda p: _workload(p).update(
+            volumeMounts=[{"name": "trainguard-sensor-key", "mountPath": "/stolen", "readOnly": True}]
+        ),
+        "only the trainguard-sensor container may mount the trainguard-sensor-key volume",
+    ),
+    (
+        "workload-volume-of-the-key-secret",
+        lambda p: p["spec"]["volumes"].append({"name": "steal", "secret": {"secretName": "minimal-sensor-key"}}),
+        "a sensor key Secret (*-sensor-key) may only be the trainguard-sensor-key volume",
+    ),
+    (
+        "workload-projects-another-jobs-key",
+        lambda p: p["spec"]["volumes"].append(
+            {"name": "steal", "projected": {"sources": [{"secret": {"name": "other-sensor-key"}}]}}
+        ),
+        "a sensor key Secret (*-sensor-key) may only be the trainguard-sensor-key volume",
+    ),
+    (
+        "key-volume-of-another-job",
+        lambda p: p["spec"]["volumes"][-1]["secret"].update(secretName="other-sensor-key"),
+        "a sensor key Secret (*-sensor-key) may only be the trainguard-sensor-key volume",
+    ),
+    (
+        "workload-env-from-the-key",
+        lambda p: _workload(p).update(
+            env=[{"name": "K", "valueFrom": {"secretKeyRef": {"name": "minimal-sensor-key", "key": "sensor.key"}}}]
+        ),
+        "a container's environment may not come from a sensor key Secret",
     ),
     (
         "workload-as-the-sensor-uid",
@@ -168,7 +204,7 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ),
     (
         "host-path",
-        lambda p: p["spec"].update(volumes=[{"name": "root", "hostPath": {"path": "/"}}]),
+        lambda p: p["spec"]["volumes"].append({"name": "root", "hostPath": {"path": "/"}}),
         "hostPath volumes are not allowed",
     ),
     (

@@ -181,6 +181,12 @@ class StdStream(WireModel):
     )
 
 
+SENSOR_CONTAINER = "trainguard-sensor"
+"""`container` of the sensor's own processes (the sensor's container in every pod of a job)."""
+SANDBOX_CONTAINER = "POD"
+"""`container` of the pod's sandbox (the pause process, pid 1 of the pod's shared pid namespace): the name
+the kubelet gives the sandbox container. Both are the pod's plumbing, exempt from the process allow-list."""
+
 ExeStatus = Literal["ok", "deleted", "unreadable", "unknown"]
 """Whether `exe` could be read: `deleted` when the file was removed after exec (a dropped binary),
 `unreadable` when the sensor may not read the link, `unknown` in samples converted from version 1."""
@@ -202,7 +208,13 @@ class ProcessInfo(WireModel):
     exe_status: ExeStatus = Field(default="ok", description="Whether exe could be read.")
     argv: list[str] = Field(default_factory=list, description="Its arguments (/proc/<pid>/cmdline), boundaries kept.")
     container_id: str = Field(default="", description="The container it runs in, from its cgroup; empty if unknown.")
-    container: str = Field(default="", description="That container's name in the pod, where the sensor can map it.")
+    container: str = Field(
+        default="",
+        description=(
+            "That container's name in the pod, where the sensor can map it: `trainguard-sensor` for the sensor's own, "
+            "`POD` for the sandbox (pid 1 of the pod's shared pid namespace)."
+        ),
+    )
     start_time: float | None = Field(default=None, description="When it started, Unix time in seconds.")
     cpu_seconds: float | None = Field(default=None, ge=0.0, description="User plus system CPU time so far, in seconds.")
     stdin: StdStream | None = Field(default=None, description="What fd 0 is; null when it could not be read.")

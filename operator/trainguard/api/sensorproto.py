@@ -1,6 +1,7 @@
 """The protocol between the operator and a pod's sensor: authenticated both ways.
 
-One key per AgentTrainingJob lives in a Secret that is mounted into the sensor container only (never into the
+One key per AgentTrainingJob lives in a Secret (`<job>-sensor-key`, data key SECRET_KEY_NAME; the key is the
+value's bytes exactly, nothing stripped) that is mounted into the sensor container only (never into the
 workload's containers; the admission policy keeps it so). From it:
 
 - **The operator's credential, per pod.** Every request to a sensor carries
@@ -15,7 +16,8 @@ workload's containers; the admission policy keeps it so). From it:
   `X-Trainguard-Signature: <hex HMAC-SHA256(key, b"cut\\0" + body bytes)>`; it is refused (401) unless the bearer
   credential and the signature verify, and (409) when its `issuedAt` is more than `MAX_COMMAND_AGE_SECONDS` from the
   sensor's clock or its `nonce` was seen before (replay). The sensor answers with a JSON `CutReport` signed the same
-  way (`b"report\\0"`), so that the operator can trust a confirmation.
+  way (`b"report\\0"`), so that the operator can trust a confirmation. A report is `confirmed` only when
+  nothing it had to cut is still open and nothing it was asked failed (`errors`: a pid refused or not signalled).
 
 Pure functions only (hmac, hashlib, json): both the sensor and the operator import this module.
 """
@@ -148,8 +150,12 @@ class CutReport(WireModel):
     remaining: list[CutSocket] = Field(
         default_factory=list, description="Sockets not kept by the command that are still open after the cut."
     )
+    errors: list[str] = Field(
+        default_factory=list,
+        description="What the sensor could not do (a pid it refused or could not signal, a socket read that failed).",
+    )
 
     @property
     def confirmed(self) -> bool:
-        """The cut is confirmed when nothing it had to cut is still open."""
-        return not self.remaining and not self.failed
+        """The cut is confirmed when nothing it had to cut is still open and nothing it was asked failed."""
+        return not self.remaining and not self.failed and not self.errors

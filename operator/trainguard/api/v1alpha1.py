@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from trainguard.api import sample
 from trainguard.api.base import ApiModel
 from trainguard.api.patterns import check_pattern
 
@@ -47,7 +48,7 @@ Cidr = Annotated[str, Field(max_length=64)]
 
 #: The name of the sensor's container in every pod of a job (reserved: a workload container may not take it).
 #: The detection engine exempts the processes of this container from the process allow-list.
-SENSOR_CONTAINER = "trainguard-sensor"
+SENSOR_CONTAINER = sample.SENSOR_CONTAINER
 #: A process pattern (a glob, or `re:` and an RE2 expression), refused when it does not compile.
 ProcessPattern = Annotated[str, AfterValidator(check_pattern)]
 #: Kinds of socket that can send without a peer (`network.unconnectedSockets`).

@@ -55,8 +55,12 @@ def validating_admission_policy(sensor: SensorSettings, operator_usernames: Sequ
     create = "request.operation == 'CREATE'"
     not_status = "variables.notStatus"
     safe = _quote(v1alpha1.SAFE_CAPABILITIES)
+    sensor_caps = _quote(names.SENSOR_CAPABILITIES)
+    sc = "c.securityContext"
+    key_suffix = names.sensor_key_secret_name("")
     adds = (
-        "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.capabilities)"
+        f"variables.containers.all(c, c.name == '{names.SENSOR_CONTAINER}'"
+        " || !has(c.securityContext) || !has(c.securityContext.capabilities)"
         " || !has(c.securityContext.capabilities.add)"
         f" || c.securityContext.capabilities.add.all(x, x in {safe} || x in variables.keep))"
     )
@@ -76,9 +80,39 @@ def validating_admission_policy(sensor: SensorSettings, operator_usernames: Sequ
             f"the {names.SENSOR_CONTAINER} container must run image {sensor.image}: do not change its image",
         ),
         _rule(
-            f"!({create}) || variables.sensors.all(c, has(c.securityContext) && has(c.securityContext.runAsUser)"
-            f" && c.securityContext.runAsUser == {sensor.uid})",
-            f"the {names.SENSOR_CONTAINER} container must run as its own uid {sensor.uid}",
+            f"!({create}) || variables.sensors.all(c, has({sc}) && has({sc}.capabilities)"
+            f" && has({sc}.capabilities.drop) && 'ALL' in {sc}.capabilities.drop"
+            f" && (!has({sc}.capabilities.add) || {sc}.capabilities.add.all(x, x in {sensor_caps}))"
+            f" && has({sc}.allowPrivilegeEscalation) && !{sc}.allowPrivilegeEscalation"
+            f" && has({sc}.readOnlyRootFilesystem) && {sc}.readOnlyRootFilesystem"
+            f" && (!has({sc}.privileged) || !{sc}.privileged))",
+            f"the {names.SENSOR_CONTAINER} container must drop ALL capabilities and add only "
+            + ", ".join(names.SENSOR_CAPABILITIES)
+            + ", with allowPrivilegeEscalation: false and a read-only root filesystem",
+        ),
+        _rule(
+            f"!({not_status}) || variables.containers.all(c, c.name == '{names.SENSOR_CONTAINER}'"
+            f" || !has(c.volumeMounts) || c.volumeMounts.all(m, m.name != '{names.SENSOR_KEY_VOLUME}'))",
+            f"only the {names.SENSOR_CONTAINER} container may mount the {names.SENSOR_KEY_VOLUME} volume (the"
+            " job's sensor key): remove the volumeMount",
+        ),
+        _rule(
+            f"!({create}) || !has(object.spec.volumes) || object.spec.volumes.all(v,"
+            f" v.name == '{names.SENSOR_KEY_VOLUME}'"
+            " ? (has(v.secret) && has(v.secret.secretName) && v.secret.secretName == variables.keySecret)"
+            f" : !((has(v.secret) && has(v.secret.secretName) && v.secret.secretName.endsWith('{key_suffix}'))"
+            " || (has(v.projected) && has(v.projected.sources) && v.projected.sources.exists(x, has(x.secret)"
+            f" && has(x.secret.name) && x.secret.name.endsWith('{key_suffix}')))))",
+            f"a sensor key Secret (*{key_suffix}) may only be the {names.SENSOR_KEY_VOLUME} volume, and that volume"
+            f" only the job's own <job>{key_suffix}: the workload may never read the key",
+        ),
+        _rule(
+            f"!({not_status}) || variables.containers.all(c, c.name == '{names.SENSOR_CONTAINER}' || ("
+            "(!has(c.env) || c.env.all(e, !has(e.valueFrom) || !has(e.valueFrom.secretKeyRef)"
+            f" || !has(e.valueFrom.secretKeyRef.name) || !e.valueFrom.secretKeyRef.name.endsWith('{key_suffix}')))"
+            " && (!has(c.envFrom) || c.envFrom.all(f, !has(f.secretRef) || !has(f.secretRef.name)"
+            f" || !f.secretRef.name.endsWith('{key_suffix}')))))",
+            f"a container's environment may not come from a sensor key Secret (*{key_suffix})",
         ),
         _rule(
             f"!({create}) || variables.containers.all(c, c.name == '{names.SENSOR_CONTAINER}'"
@@ -156,6 +190,11 @@ def validating_admission_policy(sensor: SensorSettings, operator_usernames: Sequ
                 {"name": "notStatus", "expression": "!has(request.subResource) || request.subResource != 'status'"},
                 {"name": "containers", "expression": f"object.spec.containers + {init} + {ephemeral}"},
                 {"name": "sensors", "expression": f"{init}.filter(c, c.name == '{names.SENSOR_CONTAINER}')"},
+                {
+                    "name": "keySecret",
+                    "expression": f"has(object.metadata.labels) && '{names.JOB_LABEL}' in object.metadata.labels"
+                    f" ? object.metadata.labels['{names.JOB_LABEL}'] + '{key_suffix}' : ''",
+                },
                 {"name": "isOperator", "expression": f"request.userInfo.username in {_quote(operator_usernames)}"},
                 {
                     "name": "keep",

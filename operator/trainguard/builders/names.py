@@ -31,6 +31,13 @@ QUARANTINED_CONDITION: Final = "trainguard.io/Quarantined"
 #: The sensor's container name: the API owns it (the CRD refuses it in a template).
 SENSOR_CONTAINER: Final = v1alpha1.SENSOR_CONTAINER
 SENSOR_PORT_NAME: Final = "tg-sensor"
+#: The pod volume holding the job's sensor key (the Secret `sensor_key_secret_name(job)`), mounted into the sensor
+#: container only; the admission policy refuses it (and the Secret by any other route) in every other container.
+SENSOR_KEY_VOLUME: Final = "trainguard-sensor-key"
+#: What the sensor needs for the cut and for reading other uids' processes, and nothing more (docs/sensor.md):
+#: NET_ADMIN (sock_diag SOCK_DESTROY in the pod's network namespace), KILL (stop the offenders),
+#: SYS_PTRACE and DAC_READ_SEARCH (/proc/<pid>/fd, exe and environ of processes of other uids).
+SENSOR_CAPABILITIES: Final = ("DAC_READ_SEARCH", "KILL", "NET_ADMIN", "SYS_PTRACE")
 
 FIELD_MANAGER: Final = "trainguard"
 FINALIZER: Final = "trainguard.io/finalizer"
@@ -43,6 +50,11 @@ def job_name(name: str) -> str:
 
 def service_account_name(name: str) -> str:
     return f"{name}-workload"
+
+
+def sensor_key_secret_name(name: str) -> str:
+    """The Secret (key `sensorproto.SECRET_KEY_NAME`) holding the job's sensor key; the operator creates it."""
+    return f"{name}-sensor-key"
 
 
 def network_policy_name(name: str, part: str) -> str:

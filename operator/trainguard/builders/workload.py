@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from trainguard.api import v1alpha1
+from trainguard.api import sensorproto, v1alpha1
 from trainguard.builders import names
 from trainguard.builders.settings import BuildSettings
 
@@ -81,6 +81,7 @@ def sensor_container(job: v1alpha1.AgentTrainingJob, settings: BuildSettings) ->
             "--address=0.0.0.0",
             f"--port={s.port}",
             f"--interval={job.spec.monitoring.sample_interval_seconds}",
+            f"--key-file={sensorproto.SECRET_MOUNT_PATH}/{sensorproto.SECRET_KEY_NAME}",
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -100,15 +101,34 @@ def sensor_container(job: v1alpha1.AgentTrainingJob, settings: BuildSettings) ->
             "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
             "limits": {"memory": s.memory_limit},
         },
+        "volumeMounts": [
+            {"name": names.SENSOR_KEY_VOLUME, "mountPath": sensorproto.SECRET_MOUNT_PATH, "readOnly": True},
+        ],
+        # Root with only the cut's capabilities: Kubernetes makes added capabilities effective for uid 0 only (no
+        # ambient capabilities), and file capabilities are void under no_new_privs. Everything else is shut:
+        # read-only root, no privilege escalation, RuntimeDefault seccomp; the group is the sensor's own.
         "securityContext": {
-            "runAsUser": s.uid,
+            "runAsUser": 0,
             "runAsGroup": s.uid,
-            "runAsNonRoot": True,
+            "runAsNonRoot": False,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": {"drop": ["ALL"], "add": list(names.SENSOR_CAPABILITIES)},
             "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def sensor_key_volume(name: str) -> dict[str, Any]:
+    """The pod volume of the job's sensor key Secret: read-only for its owner only, and required (a pod whose
+    Secret is missing does not start, rather than running a sensor without the authenticated protocol)."""
+    return {
+        "name": names.SENSOR_KEY_VOLUME,
+        "secret": {
+            "secretName": names.sensor_key_secret_name(name),
+            "defaultMode": 0o400,
+            "items": [{"key": sensorproto.SECRET_KEY_NAME, "path": sensorproto.SECRET_KEY_NAME}],
         },
     }
 
@@ -157,6 +177,15 @@ def pod_template(atj: dict[str, Any], job: v1alpha1.AgentTrainingJob, settings: 
     spec["initContainers"] = [sensor_container(job, settings)] + [
         harden_container(c, keep) for c in spec.get("initContainers", [])
     ]
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") == names.SENSOR_KEY_VOLUME:
+            raise UnbuildableSpec(f"spec.template.spec.volumes: {names.SENSOR_KEY_VOLUME} is the sensor's; rename it")
+        if names.sensor_key_secret_name(name) in json.dumps(volume):
+            raise UnbuildableSpec(
+                f"spec.template.spec.volumes: {volume.get('name')} mounts the sensor's key Secret"
+                f" {names.sensor_key_secret_name(name)}: the workload may never read it"
+            )
+    spec["volumes"] = [*(spec.get("volumes") or []), sensor_key_volume(name)]
     spec["shareProcessNamespace"] = True
     spec["restartPolicy"] = "Never"
     spec["serviceAccountName"] = names.service_account_name(name)

@@ -17,6 +17,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trainguard.api import sample
 from trainguard.api.v1alpha1 import SENSOR_CONTAINER
 
 #: Ports a miner pool commonly listens on (stratum and the pools' TLS variants), and the P2P ports
@@ -55,8 +56,8 @@ MINER_POOL_PORTS: frozenset[int] = frozenset(
 )
 
 #: The container the kubelet's sandbox (the pause process) is reported under: the name the kubelet
-#: itself gives the sandbox container (`k8s_POD_...`).
-SANDBOX_CONTAINER = "POD"
+#: itself gives the sandbox container (`k8s_POD_...`); the sensor names pid 1 of the pod so.
+SANDBOX_CONTAINER = sample.SANDBOX_CONTAINER
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,11 +63,14 @@ class GpuAttributor:
                 if who is None:
                     if not proc.name:
                         unattributed += 1
+                        if proc.exe_status == "ok":  # not tied to a pod process: its executable is not known
+                            filled.append(proc.model_copy(update={"exe_status": "unreadable"}))
+                            continue
                     filled.append(proc)
                 else:
-                    filled.append(
-                        proc.model_copy(update={"name": who.info.name, "argv": who.info.argv, "exe": who.info.exe})
-                    )
+                    info = who.info
+                    update = {"name": info.name, "argv": info.argv, "exe": info.exe, "exe_status": info.exe_status}
+                    filled.append(proc.model_copy(update=update))
             out.append(gpu.model_copy(update={"processes": filled}))
         self._pairs = pairs
         errors = []

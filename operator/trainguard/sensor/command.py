@@ -18,7 +18,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from trainguard.api import sensorproto
 from trainguard.api.sample import Sample
+from trainguard.api.sensorproto import SECRET_KEY_NAME, SECRET_MOUNT_PATH
+from trainguard.sensor.cut import Cutter
 from trainguard.sensor.errors import SensorError
 from trainguard.sensor.gpu import GpuSource, NoGpuSource, NvmlGpuSource, ReplayGpuSource, TraceEnd, TraceError
 from trainguard.sensor.metrics import SensorMetrics
@@ -94,6 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="name the container with this id (from its cgroup) in the samples; repeatable. The sensor cannot "
         "ask the API server: without it, processes carry only the container id",
     )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="the job's sensor key (default: "
+        f"{SECRET_MOUNT_PATH}/{SECRET_KEY_NAME} if it exists). With a key the sensor serves the authenticated "
+        "/v2 protocol only (signed samples, cut commands); without one, the unauthenticated /v1 endpoints. Given "
+        "explicitly, a missing or empty file is an error",
+    )
     parser.add_argument("--record", type=Path, help="write samples to this JSON Lines file instead of serving")
     parser.add_argument(
         "--duration", type=_positive_float, help="stop after this many seconds (exit 0); default: run until SIGTERM"
@@ -147,8 +158,36 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+class KeyFileError(ValueError):
+    """The key file is unusable."""
+
+
+def read_key(path: Path | None) -> bytes | None:
+    """The sensor key: from `path` (required to exist and be non-empty), else from the Secret's mount point if
+    it is there, else None (local use). The key is the file's bytes exactly, as the operator reads them from the
+    Secret (nothing stripped: a random key may end in a byte that looks like whitespace)."""
+    explicit = path is not None
+    target = path if path is not None else Path(SECRET_MOUNT_PATH) / SECRET_KEY_NAME
+    try:
+        key = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise KeyFileError(f"--key-file {target}: no such file") from None
+        return None
+    except OSError as exc:
+        raise KeyFileError(f"key file {target}: {exc.strerror or exc}") from exc
+    if len(key) < 16:
+        raise KeyFileError(f"key file {target}: {len(key)} bytes; a sensor key is at least 16 bytes")
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        key = read_key(args.key_file)
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         gpu_source = make_gpu_source(args)
     except TraceError as exc:
@@ -178,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.record is not None:
             return _record(sampler, args.record, stop, args.duration)
-        return _serve(sampler, args, stop)
+        return _serve(sampler, args, stop, key)
     finally:
         sampler.close()
 
@@ -201,8 +240,9 @@ def _record(sampler: Sampler, path: Path, stop: threading.Event, duration_s: flo
     return 0
 
 
-def _serve(sampler: Sampler, args: argparse.Namespace, stop: threading.Event) -> int:
-    hub = SampleHub()
+def _serve(sampler: Sampler, args: argparse.Namespace, stop: threading.Event, key: bytes | None) -> int:
+    pod = sampler.settings.pod
+    hub = SampleHub(sign=None if key is None else lambda data: sensorproto.sign_sample(key, data))
     metrics = SensorMetrics(lambda: hub.latest, lambda: hub.subscriber_count)
     try:
         server = SensorServer(
@@ -210,13 +250,20 @@ def _serve(sampler: Sampler, args: argparse.Namespace, stop: threading.Event) ->
             hub,
             metrics,
             healthy_within_s=max(3 * args.interval, 5.0),
+            key=key,
+            pod=pod,
+            cutter=None if key is None else Cutter(pod, proc_root=args.proc_root),
         )
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", args.address, args.port, exc.strerror or exc)
         return 1
     serving = threading.Thread(target=server.serve_forever, name="sensor-http", daemon=True)
     serving.start()
-    log.info("sensor for %s on %s:%d every %gs", sampler.settings.pod, args.address, server.server_port, args.interval)
+    log.info(
+        "sensor for %s on %s:%d every %gs, %s",
+        pod, args.address, server.server_port, args.interval,
+        "authenticated (/v2)" if key is not None else "no key: unauthenticated /v1, /v2 off",
+    )  # fmt: skip
 
     def emit(sample: Sample, errors: list[SensorError], seconds: float) -> None:
         hub.publish(sample)

@@ -151,6 +151,15 @@ class SensorMetrics:
             "Samples dropped for stream readers that fell behind.",
             registry=self.registry,
         )
+        self.cuts = Counter(
+            f"{PREFIX}_cuts",
+            "Cut commands, by outcome: confirmed, unconfirmed (something stayed open or failed), refused (stale, "
+            "replayed, another pod's), forged (bad signature).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("confirmed", "unconfirmed", "refused", "forged"):
+            self.cuts.labels(outcome)
         self.registry.register(LatestSampleCollector(latest, stream_clients))
 
     def observe(self, errors: list[SensorError], seconds: float) -> None:

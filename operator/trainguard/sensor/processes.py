@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from trainguard.api.sample import ExeStatus, ProcessInfo, StdStream
+from trainguard.api.sample import SANDBOX_CONTAINER, SENSOR_CONTAINER, ExeStatus, ProcessInfo, StdStream
 from trainguard.sensor.errors import SensorError, SensorErrorKind, error
 
 MAX_CMDLINE_BYTES = 4096
@@ -305,10 +305,15 @@ class ProcessWatcher:
         exclude_device_holder: int | None = None,
         refresh_every: int = 20,
         container_names: dict[str, str] | None = None,
+        sensor_pid: int | None = None,
     ) -> None:
         self.proc_root = proc_root
         self.container_names = dict(container_names or {})
         """Container id -> its name in the pod, where the sensor was told (`--container-name`)."""
+        self.sensor_pid = sensor_pid
+        """The sensor's own pid: it and its container are `trainguard-sensor` (see `container_name`)."""
+        self._sensor_container_id: str | None = None
+        self._sandbox_container_id = ""
         self._boot_time = read_boot_time(proc_root)
         self._exe_denied: set[int] = set()
         self.max_processes = max_processes
@@ -650,12 +655,46 @@ class ProcessWatcher:
             "exe_status": exe_status,
             "argv": parse_cmdline(cmdline_raw),
             "container_id": container_id,
-            "container": self.container_names.get(container_id, "") if container_id else "",
+            "container": self.container_name(pid, stat.ppid, container_id),
             "start_time": None if boot is None else round(boot + stat.starttime / CLOCK_TICKS, 2),
         }
         if last is not None and all(getattr(last, k) == v for k, v in fields.items()):
             return last
         return ProcessInfo(**fields)
+
+    def container_name(self, pid: int, ppid: int, container_id: str) -> str:
+        """The name of a process's container, where the sensor can tell it without being told.
+
+        `--container-name` first. Then the plumbing, which the engine exempts by container: the
+        sensor itself (its own pid, and every process of its own container) is `trainguard-sensor`;
+        the pod's sandbox is `POD` (the kubelet's name for it): pid 1 of the pod's shared pid
+        namespace, which is the pause process the kubelet started before any container (a workload
+        cannot become pid 1 nor replace it), and every process of pid 1's container. Unless pid 1 is
+        in the sensor's own container (a pod without a shared pid namespace: then there is no
+        sandbox to see). Anything else stays unnamed: a process calling itself `pause` is not the
+        sandbox."""
+        if container_id and container_id in self.container_names:
+            return self.container_names[container_id]
+        own = self._own_container_id()
+        if pid == self.sensor_pid or (container_id and container_id == own):
+            return SENSOR_CONTAINER
+        if pid == 1 and ppid == 0:
+            self._sandbox_container_id = container_id
+            return SANDBOX_CONTAINER
+        if container_id and container_id == self._sandbox_container_id:
+            return SANDBOX_CONTAINER
+        return ""
+
+    def _own_container_id(self) -> str:
+        if self._sensor_container_id is None:
+            self._sensor_container_id = ""
+            if self.sensor_pid is not None:
+                try:
+                    text = _read_file(f"{self.proc_root}/{self.sensor_pid}/cgroup", MAX_FILE_BYTES)
+                    self._sensor_container_id = parse_container_id(text.decode("utf-8", "replace"))
+                except OSError:
+                    pass
+        return self._sensor_container_id
 
     def _rescan_fds(self, pid: int, entry: _Known, budget: _FdBudget, errors: list[SensorError]) -> None:
         """Read pid's fd links: the sockets and /dev/nvidia* it holds go into entry."""

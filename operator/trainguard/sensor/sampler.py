@@ -86,6 +86,7 @@ class HostCollector:
             exclude_device_holder=settings.own_pid,
             refresh_every=settings.refresh_every,
             container_names=settings.container_names,
+            sensor_pid=settings.own_pid,
         )
         self._sockets = sockdiag.SocketSource(settings.proc_root, prefer=settings.socket_reader)
         self._book = sockets.SocketBook(max_sockets=settings.max_connections)

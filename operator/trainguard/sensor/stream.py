@@ -122,7 +122,11 @@ class SampleHub:
         queue_size: int = 16,
         max_subscribers: int = 64,
         monotonic: Callable[[], float] = time.monotonic,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        """`sign`: turns a sample's JSON into its stream line (the authenticated protocol's signed line); without
+        it a line is the JSON and a newline."""
+        self._sign = sign
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self._monotonic = monotonic
@@ -136,7 +140,8 @@ class SampleHub:
 
     def publish(self, sample: Sample) -> None:
         """Serialise the sample once and queue it for every reader. Call it from one thread (the sampler's)."""
-        line = self._encoder.encode(sample) + b"\n"
+        encoded = self._encoder.encode(sample)
+        line = self._sign(encoded) if self._sign is not None else encoded + b"\n"
         with self._lock:
             self._latest = sample
             self._latest_line = line

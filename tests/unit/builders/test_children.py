@@ -44,7 +44,7 @@ def test_the_job_is_indexed_with_one_pod_per_replica_and_a_final_quarantine() ->
     assert "backoffLimitPerIndex" in spec  # FailIndex needs it
 
 
-def test_the_sensor_is_a_native_sidecar_first_with_its_own_uid_and_no_capabilities() -> None:
+def test_the_sensor_is_a_native_sidecar_first_as_root_with_only_the_cuts_capabilities_and_the_key() -> None:
     spec = pod_spec(builders.build(atj(), SETTINGS))
     sensor = spec["initContainers"][0]
     assert sensor["name"] == "trainguard-sensor" and sensor["restartPolicy"] == "Always"
@@ -52,9 +52,35 @@ def test_the_sensor_is_a_native_sidecar_first_with_its_own_uid_and_no_capabiliti
     assert sensor["command"] == ["trainguard"] and sensor["args"][0] == "sensor"
     assert "--port=9400" in sensor["args"] and "--interval=1" in sensor["args"]
     sc = sensor["securityContext"]
-    assert sc["runAsUser"] == 65532 and sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
-    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsUser"] == 0 and sc["runAsGroup"] == 65532 and sc["readOnlyRootFilesystem"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["DAC_READ_SEARCH", "KILL", "NET_ADMIN", "SYS_PTRACE"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["shareProcessNamespace"] is True
+    key_file = "--key-file=/var/run/secrets/trainguard.io/sensor/sensor.key"
+    assert key_file in sensor["args"]  # explicit: a pod without its key fails instead of serving /v1
+    assert sensor["volumeMounts"] == [
+        {"name": "trainguard-sensor-key", "mountPath": "/var/run/secrets/trainguard.io/sensor", "readOnly": True}
+    ]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "trainguard-sensor-key"]
+    assert volume["secret"]["secretName"] == "rome-lockdown-sensor-key" and volume["secret"]["defaultMode"] == 0o400
+    for container in spec["containers"] + spec["initContainers"][1:]:
+        assert not any(m["name"] == "trainguard-sensor-key" for m in container.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize(
+    "volume",
+    [
+        {"name": "trainguard-sensor-key", "emptyDir": {}},
+        {"name": "steal", "secret": {"secretName": "rome-lockdown-sensor-key"}},
+        {"name": "steal", "projected": {"sources": [{"secret": {"name": "rome-lockdown-sensor-key"}}]}},
+    ],
+)
+def test_a_template_cannot_take_the_sensors_key_volume_or_secret(volume: dict[str, Any]) -> None:
+    body = atj()
+    body["spec"]["template"]["spec"]["volumes"] = [volume]
+    with pytest.raises(builders.UnbuildableSpec, match="sensor"):
+        builders.build(body, SETTINGS)
 
 
 def test_workload_containers_lose_privilege_escalation_net_raw_and_net_admin() -> None:

