@@ -781,6 +781,7 @@ def run(args: argparse.Namespace) -> int:
                     lambda: "cut" in worker0.seen,
                     15.0,
                 )
+            until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
             ok = miner_caught and tunnel_caught
         else:
             out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
