@@ -65,9 +65,8 @@ unit: venv ## the tests that need no control plane
 test: venv lint typecheck layers crds-check dashboards-check controlplane tools test-tools ## everything CI runs
 	$(BIN)/pytest
 
-demo: venv ## the end-to-end demo
-	@echo "make demo: the demo is not built yet (it arrives with the operator and chart issues)." >&2
-	@exit 1
+demo: venv ## the ROME incident, caught and contained (DEMO_SCENARIO=, DEMO_KEEP=1; needs root)
+	$(BIN)/trainguard demo
 
 bench: venv ## the benchmarks under bench/
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -27,6 +27,7 @@ class Command(Protocol):
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "crdgen": ("trainguard.cli.generate", "write the CRD, the sample schema and the chart's admission policy"),
+    "demo": ("trainguard.cli.demo", "the ROME incident, caught and contained, on the embedded control plane"),
     "replay": ("trainguard.cli.replay", "run the detection engine over recorded traces"),
     "run": ("trainguard.handlers.command", "run the operator (kopf): AgentTrainingJobs in, guarded Jobs out"),
     "sensor": ("trainguard.sensor.command", "run the per-pod sensor (sidecar)"),
@@ -34,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 #: Subcommands that need an extra: the sensor image installs trainguard without it.
-EXTRAS: dict[str, str] = {"run": "operator"}
+EXTRAS: dict[str, str] = {"run": "operator", "demo": "operator"}
 
 
 def _load(name: str) -> Command:
