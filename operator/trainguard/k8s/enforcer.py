@@ -30,19 +30,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from trainguard.api import sensorproto
-from trainguard.api.v1alpha1 import MAX_STATUS_VIOLATIONS, Action
+from trainguard.api.v1alpha1 import MAX_STATUS_VIOLATIONS, Action, Severity
 from trainguard.builders import names
 from trainguard.detection import Decision
-from trainguard.detection.violation import iso, summarize
+from trainguard.detection.violation import Violation, iso, summarize
 from trainguard.k8s.client import Api, ApiError
 from trainguard.k8s.metrics import EnforcementMetrics
 
 log = logging.getLogger("trainguard.enforcer")
 
 CUT_ANNOTATION = "trainguard.io/cut"
+#: On the AgentTrainingJob while a Suspend is under way (its evidence): set first, removed with spec.suspend.
+SUSPENDING_ANNOTATION = "trainguard.io/suspending"
 FAILPOINT_ENV = "TRAINGUARD_FAILPOINT"
 #: Statuses worth retrying: conflicts, throttling, server faults; 0 = unreachable, reset, timed out.
 RETRIABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
@@ -108,7 +110,7 @@ class Enforcer:
         self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="enforce")
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._suspending: set[tuple[str, str]] = set()
+        self._resuming: set[str] = set()
 
     def submit(self, order: Order) -> None:
         self._pool.submit(self._run, order)
@@ -137,49 +139,41 @@ class Enforcer:
         atj = retry(lambda: self.api.get("AgentTrainingJob", *order.job))
         if atj is None:
             return
-        new = self._record(atj, d)
-        if d.dry_run:
-            if new:
-                self._count(order.job, action, "dry-run")
+        if d.dry_run or action == "Alert":
+            if self._record(atj, d):
+                self._accepted(order, "dry-run" if d.dry_run else "applied")
             return
-        if action == "Alert":
-            if new:
-                self._accepted(order, "applied")
-            return
-        failpoint("quarantine.after-record" if action == "Quarantine" else f"{action.lower()}.after-record")
         namespace, name = d.violation.pod.split("/", 1)
-        if action == "Quarantine":
-            self.quarantine(order, namespace, name)
-        elif action == "Delete":
-            self.delete(order, namespace, name)
-        elif action == "Suspend":
+        if action == "Suspend":
             self.suspend(order, atj)
-
-    def quarantine(self, order: Order, namespace: str, name: str, *, count: bool = True) -> bool:
-        """Label, then cut; False (and Delete) when the cut is not confirmed."""
+            return
         pod = retry(lambda: self.api.get("Pod", namespace, name))
         if pod is None or pod["metadata"].get("deletionTimestamp"):
-            return True
+            return
+        marked = _marked(pod)
+        if marked is not None and _rank(marked.action) >= _rank(action):
+            # Already under way (a previous decision, or a previous run of the operator): finish that one.
+            order = Order(order.job, marked, order.key, order.keep)
+        if order.decision.action == "Quarantine":
+            self.quarantine(order, atj, pod)
+        else:
+            self.delete(order, atj, pod)
+
+    def quarantine(self, order: Order, atj: Mapping[str, Any], pod: Mapping[str, Any], *, record: bool = True) -> bool:
+        """Label + evidence (one write), record, cut; False (and Delete) when the cut is not confirmed."""
         meta = pod["metadata"]
-        labelled = names.QUARANTINED_LABEL in (meta.get("labels") or {})
-        if not labelled:
-            evidence = _evidence(order.decision)
-            retry(
-                lambda: self.api.patch(
-                    "Pod",
-                    namespace,
-                    name,
-                    {
-                        "metadata": {
-                            "labels": {names.QUARANTINED_LABEL: "true"},
-                            "annotations": {names.EVIDENCE_ANNOTATION: evidence},
-                        }
-                    },
-                )
-            )
-            if count:
+        namespace, name = meta["namespace"], meta["name"]
+        if names.QUARANTINED_LABEL not in (meta.get("labels") or {}):
+            patch = {"metadata": {"labels": {names.QUARANTINED_LABEL: "true"}}}
+            if _marked(pod) is None:
+                patch["metadata"]["annotations"] = {names.EVIDENCE_ANNOTATION: _evidence(order.decision)}
+            retry(lambda: self.api.patch("Pod", namespace, name, patch))
+            if record:
                 self._accepted(order, None)
         failpoint("quarantine.after-label")
+        if record:
+            self._record(atj, order.decision)
+            failpoint("quarantine.after-record")
         if (meta.get("annotations") or {}).get(CUT_ANNOTATION, "").startswith("confirmed"):
             return True
         ip = _pod_ip(pod)
@@ -191,19 +185,31 @@ class Enforcer:
                     "Pod", namespace, name, {"metadata": {"annotations": {CUT_ANNOTATION: f"confirmed {report.nonce}"}}}
                 )
             )
-            if count and not labelled:
-                self._count(order.job, "Quarantine", "applied")
+            self._count(order.job, "Quarantine", "applied")
             return True
         log.warning("cut of %s/%s not confirmed: deleting it", namespace, name)
-        if count:
-            self._count(order.job, "Quarantine", "unconfirmed")
-        self.delete(order, namespace, name, count=count)
+        self._count(order.job, "Quarantine", "unconfirmed")
+        escalated = Decision(order.decision.kind, order.decision.violation, "Delete", False, order.decision.time)
+        fresh = retry(lambda: self.api.get("Pod", namespace, name))
+        if fresh is not None:
+            self.delete(Order(order.job, escalated, order.key, order.keep), atj, fresh, record=False)
         return False
 
-    def delete(self, order: Order, namespace: str, name: str, *, count: bool = True) -> None:
-        pod = retry(lambda: self.api.get("Pod", namespace, name))
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
-            return
+    def delete(self, order: Order, atj: Mapping[str, Any], pod: Mapping[str, Any], *, record: bool = True) -> None:
+        """Evidence (the intent), the Quarantined condition through pods/status, record, delete."""
+        meta = pod["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        marked = _marked(pod)
+        if marked is None or marked.action != "Delete":
+            retry(
+                lambda: self.api.patch(
+                    "Pod",
+                    namespace,
+                    name,
+                    {"metadata": {"annotations": {names.EVIDENCE_ANNOTATION: _evidence(order.decision)}}},
+                )
+            )
+            failpoint("delete.after-evidence")
         if not _has_condition(pod):
             condition = {
                 "type": names.QUARANTINED_CONDITION,
@@ -222,49 +228,82 @@ class Enforcer:
                     content_type="application/strategic-merge-patch+json",
                 )
             )
-            if count and order.decision.action == "Delete":
+            if record:
                 self._accepted(order, None)
         failpoint("delete.after-condition")
+        if record:
+            self._record(atj, order.decision)
+            failpoint("delete.after-record")
         retry(lambda: self.api.delete("Pod", namespace, name))
-        if count:
-            self._count(order.job, "Delete", "applied")
+        self._count(order.job, "Delete", "applied")
 
     def suspend(self, order: Order, atj: Mapping[str, Any]) -> None:
+        """The intent on the AgentTrainingJob (an annotation), every running pod quarantined, then spec.suspend."""
         namespace, job = order.job
-        if atj["spec"].get("suspend"):
+        if atj["spec"].get("suspend") and not _annotation(atj, SUSPENDING_ANNOTATION):
             return
-        pods = retry(lambda: self.api.list("Pod", namespace, f"{names.JOB_LABEL}={job}"))
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") == "Running":
-                self.quarantine(order, namespace, pod["metadata"]["name"], count=False)
+        if not _annotation(atj, SUSPENDING_ANNOTATION):
+            atj = retry(
+                lambda: self.api.patch(
+                    "AgentTrainingJob",
+                    namespace,
+                    job,
+                    {"metadata": {"annotations": {SUSPENDING_ANNOTATION: _evidence(order.decision)}}},
+                )
+            )
+            self._accepted(order, None)
+            self._record(atj, order.decision)
+        failpoint("suspend.after-intent")
+        for pod in retry(lambda: self.api.list("Pod", namespace, f"{names.JOB_LABEL}={job}")):
+            if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
+                self.quarantine(order, atj, pod, record=False)
         failpoint("suspend.after-quarantine")
-        retry(lambda: self.api.patch("AgentTrainingJob", namespace, job, {"spec": {"suspend": True}}))
-        self._accepted(order, "applied")
+        retry(
+            lambda: self.api.patch(
+                "AgentTrainingJob",
+                namespace,
+                job,
+                {"metadata": {"annotations": {SUSPENDING_ANNOTATION: None}}, "spec": {"suspend": True}},
+            )
+        )
+        self._count(order.job, "Suspend", "applied")
 
-    def resume(self, job: tuple[str, str], pods: Sequence[Mapping[str, Any]], key: bytes, keep: Sequence[Any]) -> None:
-        """Finish what a previous run of the operator started (the API says so): a labelled pod whose cut is not
-        confirmed is cut; a pod with the Quarantined condition that still exists is deleted."""
+    def resume(
+        self,
+        job: tuple[str, str],
+        atj: Mapping[str, Any],
+        pods: Sequence[Mapping[str, Any]],
+        key: bytes,
+        keep: Sequence[sensorproto.AllowedPeer],
+    ) -> None:
+        """Finish what was started (the API says so, never memory): a job marked suspending is suspended; a pod
+        with evidence whose quarantine is not confirmed is cut; one marked for Delete is deleted."""
+        suspending = _annotation(atj, SUSPENDING_ANNOTATION)
+        if suspending:
+            decision = _decision_from(suspending, f"{job[0]}/")
+            self._pool.submit(self._run, Order(job, decision, key, tuple(keep)))
         for pod in pods:
             meta = pod["metadata"]
             if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
-            pending_cut = names.QUARANTINED_LABEL in (meta.get("labels") or {}) and not (
-                meta.get("annotations") or {}
-            ).get(CUT_ANNOTATION)
-            if not (pending_cut or _has_condition(pod)):
+            marked = _marked(pod)
+            if marked is None:
                 continue
-            decision = _resumed_decision(pod)
-            order = Order(job, decision, key, tuple(keep))
-            ns, name = meta["namespace"], meta["name"]
+            cut_done = (meta.get("annotations") or {}).get(CUT_ANNOTATION, "").startswith("confirmed")
+            if marked.action == "Quarantine" and cut_done:
+                continue
+            with self._guard:
+                if f"{meta['namespace']}/{meta['name']}" in self._resuming:
+                    continue
+                self._resuming.add(f"{meta['namespace']}/{meta['name']}")
+            self._pool.submit(self._resume_one, Order(job, marked, key, tuple(keep)))
 
-            def finish(order: Order = order, ns: str = ns, name: str = name, cut: bool = pending_cut) -> None:
-                with self._lock(f"{ns}/{name}"):
-                    if not cut:
-                        self.delete(order, ns, name, count=False)
-                    else:
-                        self.quarantine(order, ns, name, count=False)
-
-            self._pool.submit(finish)
+    def _resume_one(self, order: Order) -> None:
+        try:
+            self._run(order)
+        finally:
+            with self._guard:
+                self._resuming.discard(order.decision.violation.pod)
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -388,8 +427,12 @@ class Enforcer:
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                 continue
             if response.status != 200 or not sensorproto.report_ok(order.key, data, signature):
-                log.warning("cut of %s: HTTP %s, report signature ok=%s", pod, response.status,
-                            sensorproto.report_ok(order.key, data, signature))
+                log.warning(
+                    "cut of %s: HTTP %s, report signature ok=%s",
+                    pod,
+                    response.status,
+                    sensorproto.report_ok(order.key, data, signature),
+                )
                 return None
             report = sensorproto.CutReport.model_validate_json(data)
             if report.nonce != command.nonce or report.pod != pod:
@@ -429,6 +472,8 @@ def _violating(conditions: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]
 def _evidence(d: Decision) -> str:
     v = d.violation
     doc = {
+        "pod": v.pod,
+        "occurrence": v.occurrence,
         "rule": v.rule,
         "severity": v.severity,
         "identity": v.identity,
@@ -439,28 +484,56 @@ def _evidence(d: Decision) -> str:
     return json.dumps(doc, sort_keys=True)[:16384]
 
 
-def _resumed_decision(pod: Mapping[str, Any]) -> Decision:
-    """A decision rebuilt from a pod's evidence annotation (what a previous run of the operator wrote)."""
-    from trainguard.detection.violation import Violation  # noqa: PLC0415
+_RANK = {"Alert": 0, "Quarantine": 1, "Suspend": 2, "Delete": 3}
 
+
+def _rank(action: str) -> int:
+    return _RANK.get(action, 0)
+
+
+def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+    return str(value) if value else None
+
+
+def _marked(pod: Mapping[str, Any]) -> Decision | None:
+    """The decision a pod's evidence annotation records (a quarantine or delete under way), or None."""
+    text = _annotation(pod, names.EVIDENCE_ANNOTATION)
+    if text is None:
+        return None
     meta = pod["metadata"]
+    return _decision_from(text, f"{meta['namespace']}/{meta['name']}")
+
+
+def _decision_from(text: str, pod: str) -> Decision:
+    """A decision rebuilt from an evidence annotation (what this operator, or a previous run of it, wrote)."""
     try:
-        doc = json.loads((meta.get("annotations") or {}).get(names.EVIDENCE_ANNOTATION) or "{}")
+        doc = json.loads(text)
     except ValueError:
         doc = {}
-    evidence = doc.get("evidence") if isinstance(doc.get("evidence"), dict) else {}
-    first = dt.datetime.fromisoformat(doc["firstSeen"]).timestamp() if doc.get("firstSeen") else time.time()
+    if not isinstance(doc, dict):
+        doc = {}
+    raw = doc.get("evidence")
+    evidence: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    try:
+        first = dt.datetime.fromisoformat(str(doc["firstSeen"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        first = time.time()
+    action = cast(Action, doc["action"] if doc.get("action") in _RANK else "Quarantine")
+    severity = cast(
+        Severity, doc["severity"] if doc.get("severity") in ("Low", "Medium", "High", "Critical") else "High"
+    )
     violation = Violation(
         rule=str(doc.get("rule", "sensor.identity")),
-        severity=doc.get("severity", "High"),
-        pod=f"{meta['namespace']}/{meta['name']}",
+        severity=severity,
+        pod=str(doc.get("pod") or pod),
         identity=str(doc.get("identity", "")),
         first_seen=first,
         last_seen=first,
         evidence=evidence,
-        occurrence=0,
+        occurrence=int(doc.get("occurrence") or 0),
     )
-    return Decision("new", violation, doc.get("action", "Quarantine"), False, time.time())
+    return Decision("new", violation, action, False, time.time())
 
 
 def _has_condition(pod: Mapping[str, Any]) -> bool:

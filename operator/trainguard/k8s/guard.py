@@ -84,6 +84,7 @@ class Guard:
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(settings.inbox_size)
         self._jobs: dict[Job, _JobState] = {}
         self._dropped = 0
+        self._urgent: set[Job] = set()
         self._stop = threading.Event()
         self._dns: tuple[float, frozenset[str]] = (0.0, frozenset())
         self.collector: Collector | None = None
@@ -140,6 +141,11 @@ class Guard:
                     for job, state in list(self._jobs.items()):
                         self._act(job, state, state.engine.tick())
                     self._gauges()
+                if self._urgent:
+                    # A decision was just handed on: its standing violation goes into status now, so that an
+                    # operator killed meanwhile does not decide it again with a new first-seen time.
+                    urgent, self._urgent = self._urgent, set()
+                    self._checkpoint_all(urgent)
                 if now >= next_checkpoint:
                     next_checkpoint = now + self.settings.checkpoint_interval_s
                     self._checkpoint_all()
@@ -231,7 +237,7 @@ class Guard:
         }
         if self.collector is not None:
             self.collector.want(job, targets)
-        self.enforcer.resume(job, pods, key, keep)
+        self.enforcer.resume(job, atj, pods, key, keep)
 
     def _restore(self, atj: Mapping[str, Any], model: v1alpha1.AgentTrainingJob, context: EngineContext) -> Engine:
         snapshot = (atj.get("status") or {}).get("detection")
@@ -247,9 +253,12 @@ class Guard:
             if d.kind == "cleared":
                 continue
             self.enforcer.submit(Order(job, d, state.key, state.keep))
+            self._urgent.add(job)
 
-    def _checkpoint_all(self) -> None:
+    def _checkpoint_all(self, only: set[Job] | None = None) -> None:
         for job, state in list(self._jobs.items()):
+            if only is not None and job not in only:
+                continue
             doc = state.engine.snapshot()
             text = json.dumps(doc, sort_keys=True)
             if len(text) > MAX_CHECKPOINT_BYTES:
@@ -269,9 +278,7 @@ class Guard:
 
     def _patch_status(self, job: Job, patch: list[dict[str, Any]]) -> None:
         def call() -> dict[str, Any]:
-            return self.api.patch(
-                "AgentTrainingJob", job[0], job[1], patch, "status", "application/json-patch+json"
-            )
+            return self.api.patch("AgentTrainingJob", job[0], job[1], patch, "status", "application/json-patch+json")
 
         retry(call, attempts=3)
 
@@ -298,9 +305,7 @@ class Guard:
             log.info("cluster DNS Service not read: %s", error)
             return ips
         spec = (svc or {}).get("spec") or {}
-        found = frozenset(
-            ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"
-        )
+        found = frozenset(ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None")
         self._dns = (time.monotonic(), found)
         return found
 
@@ -322,12 +327,7 @@ class Guard:
                 else:
                     spaces = [namespace]
                 pods_selector = _selector(rule.get("podSelector") or {})
-                ips = {
-                    ip
-                    for ns in spaces
-                    for p in self.api.list("Pod", ns, pods_selector or None)
-                    for ip in _ips(p)
-                }
+                ips = {ip for ns in spaces for p in self.api.list("Pod", ns, pods_selector or None) for ip in _ips(p)}
             except ApiError as error:
                 log.info("selector peers of rule %d not read: %s", index, error)
                 ips = set()
