@@ -39,7 +39,7 @@ class Rig:
     def __init__(self, cluster: KwokCluster, namespace: str, tmp_path: Path) -> None:
         self.cluster, self.namespace, self.tmp_path = cluster, namespace, tmp_path
         self.port = _free_port()
-        self.master = secrets.token_bytes(32)
+        self.master = secrets.token_hex(32).encode()  # the file holds text; whitespace around it is ignored
         self.master_file = tmp_path / "master.key"
         self.master_file.write_bytes(self.master)
         self.player = Player(port=self.port)
@@ -156,7 +156,13 @@ def test_alert_records_and_posts_events_and_changes_nothing(rig: Rig) -> None:
         wait_for(lambda: _violations(rig, "net.tunnel"), 20, "no net.tunnel violation in status")
         record = _violations(rig, "net.tunnel")[0]
         assert record["pod"] == bad.split("/")[1] and record["action"] == "Alert" and not record["dryRun"]
-        assert "ssh" in record["evidence"] and f"{TUNNEL_REMOTE[0]}:{TUNNEL_REMOTE[1]}" in record["evidence"]
+        assert "process=ssh" in record["evidence"]
+        remote = f"{TUNNEL_REMOTE[0]}:{TUNNEL_REMOTE[1]}"
+        wait_for(
+            lambda: any(remote in v["evidence"] for v in _violations(rig, "net.egress.undeclared")),
+            20,
+            "the undeclared egress to the tunnel's remote was not recorded",
+        )
         wait_for(lambda: rig.events(bad.split("/")[1]) and rig.events(rig.name), 20, "Events on pod and job")
         wait_for(
             lambda: _metric(running, "trainguard_violations_total", rule="net.tunnel", severity="Critical") >= 1,
@@ -191,8 +197,8 @@ def test_quarantine_labels_cuts_and_keeps_the_pod_and_its_neighbour(rig: Rig) ->
         assert p.metadata.labels[QUARANTINED] == "true"
         evidence = json.loads(p.metadata.annotations["trainguard.io/evidence"])
         assert evidence["action"] == "Quarantine"
-        assert evidence["evidence"].get("process") == "ssh" or "ssh" in json.dumps(evidence)
-        assert f"{TUNNEL_REMOTE[0]}" in json.dumps(evidence)
+        assert evidence["evidence"]["process"] == "ssh" and evidence["evidence"]["pid"] == 31
+        assert evidence["remotes"] == [f"{TUNNEL_REMOTE[0]}:{TUNNEL_REMOTE[1]}"]
         [command] = rig.player.cuts[bad]
         assert command.pids == [31] and command.signal == "STOP"
         assert not any(k.cidr.startswith(TUNNEL_REMOTE[0]) for k in command.keep)

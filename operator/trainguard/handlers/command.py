@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sensor-master-key-file",
         default=os.environ.get("TRAINGUARD_SENSOR_MASTER_KEY_FILE"),
         metavar="FILE",
-        help="the master key each job's sensor key is derived from (at least 32 bytes; the chart mounts it from a"
+        help="the master key each job's sensor key is derived from, as text (at least 32 characters, e.g. 64 hex"
+        " digits; whitespace around it is ignored; the chart mounts it from a"
         " Secret); default $TRAINGUARD_SENSOR_MASTER_KEY_FILE, else a random key for this process only (a warning)",
     )
     add(

@@ -100,6 +100,8 @@ class Order:
     decision: Decision
     key: bytes
     keep: tuple[sensorproto.AllowedPeer, ...]
+    #: The remotes the offending process held in the pod's latest sample (for the evidence).
+    remotes: tuple[str, ...] = ()
 
 
 class Enforcer:
@@ -153,7 +155,7 @@ class Enforcer:
         marked = _marked(pod)
         if marked is not None and _rank(marked.action) >= _rank(action):
             # Already under way (a previous decision, or a previous run of the operator): finish that one.
-            order = Order(order.job, marked, order.key, order.keep)
+            order = Order(order.job, marked, order.key, order.keep, order.remotes)
         if order.decision.action == "Quarantine":
             self.quarantine(order, atj, pod)
         else:
@@ -166,7 +168,7 @@ class Enforcer:
         if names.QUARANTINED_LABEL not in (meta.get("labels") or {}):
             patch = {"metadata": {"labels": {names.QUARANTINED_LABEL: "true"}}}
             if _marked(pod) is None:
-                patch["metadata"]["annotations"] = {names.EVIDENCE_ANNOTATION: _evidence(order.decision)}
+                patch["metadata"]["annotations"] = {names.EVIDENCE_ANNOTATION: _evidence(order)}
             retry(lambda: self.api.patch("Pod", namespace, name, patch))
             if record:
                 self._accepted(order, None)
@@ -192,7 +194,7 @@ class Enforcer:
         escalated = Decision(order.decision.kind, order.decision.violation, "Delete", False, order.decision.time)
         fresh = retry(lambda: self.api.get("Pod", namespace, name))
         if fresh is not None:
-            self.delete(Order(order.job, escalated, order.key, order.keep), atj, fresh, record=False)
+            self.delete(Order(order.job, escalated, order.key, order.keep, order.remotes), atj, fresh, record=False)
         return False
 
     def delete(self, order: Order, atj: Mapping[str, Any], pod: Mapping[str, Any], *, record: bool = True) -> None:
@@ -206,7 +208,7 @@ class Enforcer:
                     "Pod",
                     namespace,
                     name,
-                    {"metadata": {"annotations": {names.EVIDENCE_ANNOTATION: _evidence(order.decision)}}},
+                    {"metadata": {"annotations": {names.EVIDENCE_ANNOTATION: _evidence(order)}}},
                 )
             )
             failpoint("delete.after-evidence")
@@ -248,7 +250,7 @@ class Enforcer:
                     "AgentTrainingJob",
                     namespace,
                     job,
-                    {"metadata": {"annotations": {SUSPENDING_ANNOTATION: _evidence(order.decision)}}},
+                    {"metadata": {"annotations": {SUSPENDING_ANNOTATION: _evidence(order)}}},
                 )
             )
             self._accepted(order, None)
@@ -469,7 +471,8 @@ def _violating(conditions: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]
     return out
 
 
-def _evidence(d: Decision) -> str:
+def _evidence(order: Order) -> str:
+    d = order.decision
     v = d.violation
     doc = {
         "pod": v.pod,
@@ -480,6 +483,7 @@ def _evidence(d: Decision) -> str:
         "action": d.action,
         "firstSeen": iso(v.first_seen),
         "evidence": dict(v.evidence),
+        "remotes": list(order.remotes) or list(_remotes_of(v.evidence)),
     }
     return json.dumps(doc, sort_keys=True)[:16384]
 
@@ -503,6 +507,11 @@ def _marked(pod: Mapping[str, Any]) -> Decision | None:
         return None
     meta = pod["metadata"]
     return _decision_from(text, f"{meta['namespace']}/{meta['name']}")
+
+
+def _remotes_of(evidence: Mapping[str, Any]) -> tuple[str, ...]:
+    remote = evidence.get("remote")
+    return (str(remote),) if remote else ()
 
 
 def _decision_from(text: str, pod: str) -> Decision:

@@ -158,7 +158,9 @@ class Guard:
             _, job, pod, sample, _arrived = item
             state = self._jobs.get(job)
             if state is not None and pod in state.pods:
-                self._act(job, state, state.engine.observe(pod, sample))
+                decisions = state.engine.observe(pod, sample)
+                if decisions:
+                    self._act(job, state, decisions, sample)
         elif kind == "forged":
             _, job, pod, why = item
             state = self._jobs.get(job)
@@ -248,11 +250,19 @@ class Guard:
                 log.warning("engine state of %s/%s not restored: %s", *_job(atj), error)
         return Engine(model.spec.policy, context, monitoring=model.spec.monitoring)
 
-    def _act(self, job: Job, state: _JobState, decisions: Sequence[Decision]) -> None:
+    def _act(
+        self, job: Job, state: _JobState, decisions: Sequence[Decision], sample: Sample | None = None
+    ) -> None:
         for d in decisions:
             if d.kind == "cleared":
                 continue
-            self.enforcer.submit(Order(job, d, state.key, state.keep))
+            pid = d.violation.evidence.get("pid")
+            remotes: tuple[str, ...] = ()
+            if sample is not None and isinstance(pid, int):
+                remotes = tuple(
+                    sorted({f"{c.remote.address}:{c.remote.port}" for c in sample.connections if c.pid == pid})
+                )[:16]
+            self.enforcer.submit(Order(job, d, state.key, state.keep, remotes))
             self._urgent.add(job)
 
     def _checkpoint_all(self, only: set[Job] | None = None) -> None:
