@@ -168,6 +168,8 @@ class Player:
                     key = b"not the job's key, 32 bytes long" if p.mode == "forged" else p.key
                     await response.write(sensorproto.sign_sample(key, body))
                 await asyncio.sleep(self.interval_s)
+        except ConnectionError:  # the operator closed the stream (or died): as a sensor would, forget it
+            pass
         finally:
             self.streams -= 1
 
