@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.conftest import KwokCluster
+from tests.integration.faulty_proxy import faulty_proxy
 from tests.integration.running_operator import ATJ, RunningOperator, run_operator
 from tests.polling import wait_for
 from tests.sensorplay import TUNNEL_REMOTE, Player
@@ -54,10 +55,10 @@ class Rig:
         ]
 
     @contextlib.contextmanager
-    def operator(self, log_name: str = "a") -> Iterator[RunningOperator]:
+    def operator(self, log_name: str = "a", kubeconfig: Path | None = None) -> Iterator[RunningOperator]:
         path = self.tmp_path / log_name
         path.mkdir(exist_ok=True)
-        with run_operator(self.cluster, self.namespace, path, *self.operator_args()) as running:
+        with run_operator(self.cluster, self.namespace, path, *self.operator_args(), kubeconfig=kubeconfig) as running:
             yield running
 
     def create(self, action: str, replicas: int = 2, dry_run: bool = False, **enforcement: Any) -> dict[str, Any]:
@@ -351,3 +352,39 @@ def test_delete_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest.Mon
         )
         assert [f"{rig.namespace}/{p.metadata.name}" for p in rig.pods()] == [good]
         _no_duplicates(rig, bad)
+
+
+def test_api_faults_lose_and_double_no_decision(rig: Rig) -> None:
+    """30 % of the operator's writes answered 500, 429 (Retry-After), 409, 503, reset or stalled 3 s, every watch
+    dropped after 5 s: two pods turn malicious; each is quarantined and cut once, nothing is recorded twice."""
+    rig.create("Quarantine", replicas=3)
+    with faulty_proxy(rig.cluster.kubeconfig, rig.tmp_path) as (proxy, kubeconfig):
+        proxy.enabled = False  # let the job start cleanly; faults from the first violation on
+        with rig.operator(kubeconfig=kubeconfig):
+            first, second, good = rig.play(3)
+            rig.streaming(3)
+            proxy.enabled = True
+            rig.player.set_mode(first, "tunnel")
+            rig.player.set_mode(second, "tunnel")
+
+            def cut(pod: str) -> bool:
+                p = rig.pod(pod)
+                return p is not None and (p.metadata.annotations or {}).get("trainguard.io/cut", "").startswith(
+                    "confirmed"
+                )
+
+            wait_for(lambda: cut(first) and cut(second), 60, f"not both cut; faults so far: {proxy.injected}")
+            wait_for(
+                lambda: (
+                    {first.split("/")[1], second.split("/")[1]} <= set(rig.atj()["status"].get("quarantinedPods", []))
+                ),
+                60,
+                "quarantinedPods",
+            )
+            proxy.enabled = False
+            assert sum(proxy.injected.values()) >= 5, f"too few faults to prove anything: {proxy.injected}"
+            for pod in (first, second):
+                assert len(rig.player.cuts[pod]) == 1, f"{pod} cut {len(rig.player.cuts[pod])} times"
+                _no_duplicates(rig, pod)
+            neighbour = rig.pod(good)
+            assert neighbour is not None and QUARANTINED not in (neighbour.metadata.labels or {})
