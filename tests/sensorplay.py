@@ -46,6 +46,8 @@ class PlayedPod:
     cut: bool = False
     #: When the first sample of the current mode was sent (the bench measures from it).
     mode_since: float | None = None
+    #: When the first cut was accepted (Unix time).
+    cut_at: float | None = None
     runner: web.AppRunner | None = None
     nonces: set[str] = field(default_factory=set)
 
@@ -187,6 +189,8 @@ class Player:
             self.refused.append((p.pod, 409))
             raise web.HTTPConflict()
         p.nonces.add(command.nonce)
+        if p.cut_at is None:
+            p.cut_at = time.time()
         self.cuts[p.pod].append(command)
         if p.cut_reply == "hang":
             await asyncio.sleep(3600)
