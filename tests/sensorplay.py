@@ -174,6 +174,7 @@ class Player:
             pass
         finally:
             self.streams -= 1
+        return response
 
     async def _cut(self, request: web.Request) -> web.Response:
         p = self._pod_of(request)
