@@ -42,6 +42,8 @@ log = logging.getLogger("trainguard.guard")
 
 #: The checkpoint in status is kept under this many bytes of JSON; past it, pods without findings are left out.
 MAX_CHECKPOINT_BYTES = 256 * 1024
+#: A checkpoint whose only change is the pods' sequence numbers is written at most this often.
+SEQ_CHECKPOINT_S = 60.0
 Job = tuple[str, str]
 
 
@@ -70,6 +72,7 @@ class _JobState:
     keep: tuple[sensorproto.AllowedPeer, ...]
     restarts: dict[str, int] = field(default_factory=dict)
     checkpointed: str = ""
+    written_at: float = 0.0
     pods: frozenset[str] = frozenset()
 
 
@@ -85,6 +88,10 @@ class Guard:
         self._jobs: dict[Job, _JobState] = {}
         self._dropped = 0
         self._urgent: set[Job] = set()
+        self._writes: dict[Job, dict[str, Any]] = {}
+        self._writes_lock = threading.Lock()
+        self._write_wanted = threading.Event()
+        self._writer_thread = threading.Thread(target=self._writer, name="checkpoint", daemon=True)
         self._stop = threading.Event()
         self._dns: tuple[float, frozenset[str]] = (0.0, frozenset())
         self.collector: Collector | None = None
@@ -93,6 +100,7 @@ class Guard:
     def start(self) -> None:
         self.collector = Collector(self._sample, self._forged, self.settings.collector)
         self._thread.start()
+        self._writer_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -203,7 +211,6 @@ class Guard:
         if state is None or state.uid != uid:
             engine = self._restore(atj, model, context)
             state = self._jobs[job] = _JobState(engine, uid, key, spec_json, context, keep)
-            state.checkpointed = json.dumps((atj.get("status") or {}).get("detection") or {}, sort_keys=True)
         elif state.spec_json != spec_json or state.context != context:
             decisions = state.engine.update(policy=policy, context=context, monitoring=model.spec.monitoring)
             state.spec_json, state.context, state.keep = spec_json, context, keep
@@ -266,10 +273,19 @@ class Guard:
             self._urgent.add(job)
 
     def _checkpoint_all(self, only: set[Job] | None = None) -> None:
+        """Hand the writer thread each job's snapshot when what matters changed (violations, debounce, escalation
+        counts) or, for the sequence numbers alone, once a minute: the detection thread never waits for the API."""
+        now = time.monotonic()
         for job, state in list(self._jobs.items()):
             if only is not None and job not in only:
                 continue
             doc = state.engine.snapshot()
+            material = json.dumps(
+                {**doc, "pods": {k: v.get("tracks") for k, v in doc["pods"].items() if v.get("tracks")}},
+                sort_keys=True,
+            )
+            if material == state.checkpointed and now - state.written_at < SEQ_CHECKPOINT_S:
+                continue
             text = json.dumps(doc, sort_keys=True)
             if len(text) > MAX_CHECKPOINT_BYTES:
                 doc["pods"] = {k: v for k, v in doc["pods"].items() if v.get("tracks")}
@@ -277,14 +293,25 @@ class Guard:
                 if len(text) > MAX_CHECKPOINT_BYTES:
                     log.warning("engine state of %s/%s is %d bytes: not checkpointed", *job, len(text))
                     continue
-            if text == state.checkpointed:
-                continue
-            patch = [{"op": "add", "path": "/status/detection", "value": doc}]
-            try:
-                self._patch_status(job, patch)
-                state.checkpointed = text
-            except ApiError as error:
-                log.info("checkpoint of %s/%s: %s", *job, error)
+            state.checkpointed, state.written_at = material, now
+            with self._writes_lock:
+                self._writes[job] = doc
+            self._write_wanted.set()
+
+    def _writer(self) -> None:
+        while not self._stop.is_set():
+            self._write_wanted.wait(1.0)
+            self._write_wanted.clear()
+            with self._writes_lock:
+                writes, self._writes = self._writes, {}
+            for job, doc in writes.items():
+                try:
+                    self._patch_status(job, [{"op": "add", "path": "/status/detection", "value": doc}])
+                except ApiError as error:
+                    log.info("checkpoint of %s/%s: %s", *job, error)
+                    state = self._jobs.get(job)  # a dict read; the detection thread owns the writes
+                    if state is not None:
+                        state.checkpointed = ""  # written again at the next round
 
     def _patch_status(self, job: Job, patch: list[dict[str, Any]]) -> None:
         def call() -> dict[str, Any]:
