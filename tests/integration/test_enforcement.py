@@ -220,6 +220,11 @@ def test_quarantine_labels_cuts_and_keeps_the_pod_and_its_neighbour(rig: Rig) ->
         assert good not in rig.player.cuts
         wait_for(lambda: bad.split("/")[1] in rig.atj()["status"].get("quarantinedPods", []), 20, "quarantinedPods")
         assert _metric(running, "trainguard_enforcement_actions_total", action="Quarantine", outcome="applied") == 1
+        wait_for(
+            lambda: _metric(running, "trainguard_quarantined_pods", namespace=rig.namespace) == 1,
+            20,
+            "trainguard_quarantined_pods",
+        )
         # The pod is kept (forensics): still Running, never deleted.
         assert rig.pod(bad) is not None and rig.pod(bad).status.phase == "Running"  # type: ignore[union-attr]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import secrets
+import signal
 
 import kopf
 from prometheus_client import start_http_server
@@ -120,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     if args.workers < 1:
         log.error("--workers must be at least 1")
         return 2

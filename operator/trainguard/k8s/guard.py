@@ -73,6 +73,7 @@ class _JobState:
     restarts: dict[str, int] = field(default_factory=dict)
     checkpointed: str = ""
     written_at: float = 0.0
+    quarantined: int = 0
     pods: frozenset[str] = frozenset()
 
 
@@ -88,6 +89,7 @@ class Guard:
         self._jobs: dict[Job, _JobState] = {}
         self._dropped = 0
         self._urgent: set[Job] = set()
+        self._namespaces: set[str] = set()
         self._writes: dict[Job, dict[str, Any]] = {}
         self._writes_lock = threading.Lock()
         self._write_wanted = threading.Event()
@@ -222,6 +224,12 @@ class Guard:
         for pod in names_now - state.pods:
             state.engine.expect(pod)
         state.pods = names_now
+        state.quarantined = sum(
+            1
+            for p in pods
+            if names.QUARANTINED_LABEL in (p["metadata"].get("labels") or {})
+            and not p["metadata"].get("deletionTimestamp")
+        )
         # Tamper evidence from the kubelet, through the API server: the sensor container restarted.
         for p in running:
             pod = f"{job[0]}/{p['metadata']['name']}"
@@ -257,9 +265,7 @@ class Guard:
                 log.warning("engine state of %s/%s not restored: %s", *_job(atj), error)
         return Engine(model.spec.policy, context, monitoring=model.spec.monitoring)
 
-    def _act(
-        self, job: Job, state: _JobState, decisions: Sequence[Decision], sample: Sample | None = None
-    ) -> None:
+    def _act(self, job: Job, state: _JobState, decisions: Sequence[Decision], sample: Sample | None = None) -> None:
         for d in decisions:
             if d.kind == "cleared":
                 continue
@@ -321,6 +327,12 @@ class Guard:
 
     def _gauges(self) -> None:
         self.metrics.monitored.set(sum(len(s.pods) for s in self._jobs.values()))
+        per_namespace: dict[str, int] = dict.fromkeys(self._namespaces, 0)
+        for (namespace, _), state in self._jobs.items():
+            per_namespace[namespace] = per_namespace.get(namespace, 0) + state.quarantined
+        for namespace, count in per_namespace.items():
+            self.metrics.quarantined.labels(namespace).set(count)
+        self._namespaces = set(per_namespace)
         if self.collector is not None:
             for st, n in self.collector.states().items():
                 self.metrics.streams.labels(st).set(n)
