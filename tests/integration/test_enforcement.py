@@ -4,6 +4,7 @@ in its own process. Crash safety: the operator is killed between steps (TRAINGUA
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import secrets
@@ -191,6 +192,27 @@ def test_alert_records_and_posts_events_and_changes_nothing(rig: Rig) -> None:
         assert not rig.player.cuts
         violating = next(c for c in rig.atj()["status"]["conditions"] if c["type"] == "Violating")
         assert violating["status"] == "True"
+        # The key's Secret: owned by the job, the key the sensors were played with, unreadable by the workload.
+        secret = rig.cluster.core.read_namespaced_secret("train-sensor-key", rig.namespace)
+        [owner] = secret.metadata.owner_references
+        assert owner.kind == "AgentTrainingJob" and owner.uid == rig.atj()["metadata"]["uid"]
+        key = sensorkey.job_key(rig.master, rig.atj()["metadata"]["uid"])
+        assert base64.b64decode(secret.data["sensor.key"]) == key
+        review = client.AuthorizationV1Api(rig.cluster.api).create_subject_access_review(
+            {
+                "spec": {
+                    "user": f"system:serviceaccount:{rig.namespace}:train-workload",
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{rig.namespace}"],
+                    "resourceAttributes": {
+                        "namespace": rig.namespace,
+                        "verb": "get",
+                        "resource": "secrets",
+                        "name": "train-sensor-key",
+                    },
+                }
+            }
+        )
+        assert review.status.allowed is False, "the workload's ServiceAccount can read the sensor key"
 
 
 def test_quarantine_labels_cuts_and_keeps_the_pod_and_its_neighbour(rig: Rig) -> None:

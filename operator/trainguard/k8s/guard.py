@@ -44,6 +44,8 @@ log = logging.getLogger("trainguard.guard")
 MAX_CHECKPOINT_BYTES = 256 * 1024
 #: A checkpoint whose only change is the pods' sequence numbers is written at most this often.
 SEQ_CHECKPOINT_S = 60.0
+#: A job's key Secret is applied again after this many seconds.
+SECRET_REAPPLY_S = 300.0
 Job = tuple[str, str]
 
 
@@ -90,6 +92,7 @@ class Guard:
         self._dropped = 0
         self._urgent: set[Job] = set()
         self._namespaces: set[str] = set()
+        self._secrets: dict[tuple[str, str, str], float] = {}
         self._writes: dict[Job, dict[str, Any]] = {}
         self._writes_lock = threading.Lock()
         self._write_wanted = threading.Event()
@@ -115,12 +118,20 @@ class Guard:
     def sync(self, atj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> None:
         """The job as the reconcile just read it: ensure its key Secret, hand the rest to the detection thread."""
         meta = atj["metadata"]
-        key = sensorkey.job_key(self.settings.master_key, str(meta.get("uid") or ""))
-        self.api.apply(sensorkey.sensor_key_secret(atj, key))
+        uid = str(meta.get("uid") or "")
+        key = sensorkey.job_key(self.settings.master_key, uid)
+        applied = (meta["namespace"], meta["name"], uid)
+        if time.monotonic() - self._secrets.get(applied, -SECRET_REAPPLY_S) >= SECRET_REAPPLY_S:
+            # Applied once per job and then every few minutes (a deleted or edited Secret comes back), not at
+            # every reconcile: one request fewer per reconcile.
+            self.api.apply(sensorkey.sensor_key_secret(atj, key))
+            self._secrets[applied] = time.monotonic()
         peers = self._selector_peers(atj)
         self._inbox.put(("sync", dict(atj), [dict(p) for p in pods], key, self._dns_ips(), peers))
 
     def forget(self, namespace: str, name: str) -> None:
+        for applied in [k for k in self._secrets if k[:2] == (namespace, name)]:
+            self._secrets.pop(applied, None)
         self._inbox.put(("forget", (namespace, name)))
 
     def _sample(self, target: Target, sample: Sample, arrived: float) -> None:
