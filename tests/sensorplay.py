@@ -172,7 +172,10 @@ class Player:
             self.refused.append((p.pod, 401))
             raise web.HTTPUnauthorized()
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:  # the operator gave up on this connection before the headers went out
+            return response
         self.streams += 1
         try:
             while True:
