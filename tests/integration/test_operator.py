@@ -68,7 +68,9 @@ def reconciled(running: RunningOperator) -> float:
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[RunningOperator]:
-    with run_operator(cluster, namespace, tmp_path) as running:
+    # Issue 12's reconcile alone: these pods' sensors never stream, and the guard (issue 13, tested in
+    # test_enforcement.py) would rightly record them as sensor.silent, changing the status these tests watch.
+    with run_operator(cluster, namespace, tmp_path, "--no-guard") as running:
         yield running
 
 
@@ -76,7 +78,7 @@ def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Runni
 def guarding_operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[RunningOperator]:
     """The operator that also applies the admission policy for its namespace (as its own identity)."""
     try:
-        with run_operator(cluster, namespace, tmp_path, "--admission-policy") as running:
+        with run_operator(cluster, namespace, tmp_path, "--admission-policy", "--no-guard") as running:
             yield running
     finally:
         cluster.kubectl("delete", "validatingadmissionpolicybinding", "trainguard-guarded-pods", "--ignore-not-found")

@@ -755,6 +755,14 @@ class AgentTrainingJobStatus(ApiModel):
         description="When the last violation was seen (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
+    detection: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The detection engine's state (debounce counts, standing violations, escalation counts), checkpointed"
+            " by the operator and restored when it starts; at most 256 KiB of JSON. Not for users."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
 
 class ObjectMeta(ApiModel):

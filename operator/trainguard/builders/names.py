@@ -63,3 +63,13 @@ def network_policy_name(name: str, part: str) -> str:
 
 def job_labels(name: str, component: str) -> dict[str, str]:
     return {JOB_LABEL: name, COMPONENT_LABEL: component, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+#: The Secret holding a job's sensor key (issue 13): mounted into the sensor container only.
+SENSOR_KEY_COMPONENT: Final = "sensor-key"
+#: On a quarantined pod: the evidence (rule, process, remote, sample time) as JSON.
+EVIDENCE_ANNOTATION: Final = "trainguard.io/evidence"
+
+
+def sensor_key_secret_name(name: str) -> str:
+    return f"{name}-sensor-key"

@@ -146,7 +146,9 @@ def network_policies(
             atj,
             "sensor",
             {
-                "podSelector": healthy_job_pods(name),
+                # Every pod, quarantined ones included: the operator must still reach a quarantined pod's sensor
+                # to cut what is open (POST /v2/cut) and to keep watching it (issue 13).
+                "podSelector": job_pods(name),
                 "policyTypes": ["Ingress"],
                 "ingress": [{"from": [sensor_from], "ports": [{"protocol": "TCP", "port": settings.sensor.port}]}],
             },

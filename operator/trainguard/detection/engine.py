@@ -224,6 +224,19 @@ class Engine:
         when = self.clock() if now is None else now
         return [self._decision("cleared", pod, t, when) for t in state.tracks.values() if t.standing]
 
+    def report(self, pod: str, finding: Finding, now: float | None = None) -> list[Decision]:
+        """A finding the caller made outside any sample about `pod`: a stream line whose signature does not
+        verify (`sensor.identity`), a sensor restart the API server reports (`sensor.restarted`). It goes
+        through the same debounce, de-duplication and escalation as a sample's findings, and, like a sample
+        naming another pod, it neither clears nor advances anything else (nor counts as the pod being heard)."""
+        if finding.rule not in RULES:
+            raise ValueError(f"unknown rule {finding.rule!r}")
+        when = self.clock() if now is None else now
+        state = self._pods.get(pod)
+        if state is None:
+            state = self._pods[pod] = _Pod(Window(self.context.mining), when)
+        return self._follow(pod, state, [finding], when, partial=True)
+
     def standing(self) -> list[Violation]:
         """The violations standing now, in the order they were confirmed."""
         out = [self._violation(name, t) for name, pod in self._pods.items() for t in pod.tracks.values() if t.standing]

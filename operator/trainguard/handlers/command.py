@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
+import secrets
+import signal
 
 import kopf
 from prometheus_client import start_http_server
 
-from trainguard.builders import BuildSettings, SensorSettings
+from trainguard.builders import BuildSettings, SensorSettings, sensorkey
+from trainguard.detection import EngineContext
 from trainguard.handlers import logs
 from trainguard.handlers.operator import WatchSettings, Wiring, registry, work
 from trainguard.k8s.client import Api, ApiError, NoCluster, connect
+from trainguard.k8s.enforcer import EnforcerSettings
+from trainguard.k8s.guard import Guard, GuardSettings
 from trainguard.k8s.metrics import OperatorMetrics
 from trainguard.k8s.reconcile import Reconciler
 from trainguard.k8s.workqueue import WorkQueue
@@ -92,12 +98,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=watch.request_timeout_s,
         help="seconds one API request (not a watch) may take (default %(default)s)",
     )
+    add(
+        "--sensor-master-key-file",
+        default=os.environ.get("TRAINGUARD_SENSOR_MASTER_KEY_FILE"),
+        metavar="FILE",
+        help="the master key each job's sensor key is derived from, as text (at least 32 characters, e.g. 64 hex"
+        " digits; whitespace around it is ignored; the chart mounts it from a"
+        " Secret); default $TRAINGUARD_SENSOR_MASTER_KEY_FILE, else a random key for this process only (a warning)",
+    )
+    add(
+        "--dns-ip",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a cluster DNS resolver address (repeat for more); default: the kube-dns Service's ClusterIPs",
+    )
+    add("--cut-timeout", type=_positive, default=2.0, help="seconds for a sensor to confirm a cut, then Delete")
+    add("--stop-signal", choices=("STOP", "KILL"), default="STOP", help="what a cut sends the offending processes")
+    add("--no-guard", action="store_true", help="reconcile only: no sensor streams, no detection, no enforcement")
     add("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     if args.workers < 1:
         log.error("--workers must be at least 1")
         return 2
@@ -112,6 +137,29 @@ def run(args: argparse.Namespace) -> int:
         return 1
     metrics = OperatorMetrics()
     reconciler = Reconciler(api, settings, metrics)
+    guard: Guard | None = None
+    if not args.no_guard:
+        try:
+            master = _master_key(args.sensor_master_key_file)
+            dns = frozenset(args.dns_ip) or None
+            EngineContext(dns_resolvers=dns or frozenset())  # checks the addresses
+        except (OSError, ValueError) as error:
+            log.error("%s", error)
+            return 2
+        guard = Guard(
+            api,
+            metrics,
+            GuardSettings(
+                master_key=master,
+                sensor_port=args.sensor_port,
+                dns_ips=dns,
+                enforcer=EnforcerSettings(
+                    sensor_port=args.sensor_port, cut_timeout_s=args.cut_timeout, signal=args.stop_signal
+                ),
+            ),
+        )
+        guard.start()
+        reconciler.observer = guard
     namespaces = sorted(set(args.namespace)) or None
     if args.admission_policy:
         try:
@@ -153,4 +201,24 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         queue.stop()
+        if guard is not None:
+            guard.stop()
     return 0
+
+
+def _master_key(path: str | None) -> bytes:
+    if not path:
+        log.warning(
+            "no --sensor-master-key-file: sensor keys are derived from a random key that dies with this process;"
+            " a restart changes every job's key"
+        )
+        return secrets.token_bytes(32)
+    try:
+        data = open(path, "rb").read().strip()  # noqa: SIM115
+    except OSError as error:
+        raise OSError(f"--sensor-master-key-file {path}: {error.strerror}") from None
+    if len(data) < sensorkey.MIN_MASTER_BYTES:
+        raise ValueError(
+            f"--sensor-master-key-file {path}: at least {sensorkey.MIN_MASTER_BYTES} bytes, got {len(data)}"
+        )
+    return data

@@ -53,6 +53,9 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "ServiceAccount": Kind("v1", "serviceaccounts"),
     "Pod": Kind("v1", "pods"),
+    "Secret": Kind("v1", "secrets"),
+    "Service": Kind("v1", "services"),
+    "Namespace": Kind("v1", "namespaces", False),
     "Event": Kind("v1", "events"),
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("batch/v1", "jobs"),

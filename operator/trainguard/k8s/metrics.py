@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from trainguard import __version__
+from trainguard.api import metrics as m
 
 
 class OperatorMetrics:
@@ -34,3 +35,32 @@ class OperatorMetrics:
         self.build_info.info({"version": __version__})
         for outcome in ("reconciled", "invalid", "error", "gone"):
             self.reconciles.labels(outcome)
+        self.enforcement = EnforcementMetrics(self.registry)
+
+
+class EnforcementMetrics:
+    """Issue 13's families, built from their specs in `trainguard.api.metrics` (the chart's alerts query them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.violations = Counter(
+            m.VIOLATIONS.name.removesuffix("_total"), m.VIOLATIONS.help, m.VIOLATIONS.labels, registry=registry
+        )
+        self.actions = Counter(
+            m.ENFORCEMENT_ACTIONS.name.removesuffix("_total"),
+            m.ENFORCEMENT_ACTIONS.help,
+            m.ENFORCEMENT_ACTIONS.labels,
+            registry=registry,
+        )
+        self.quarantined = Gauge(
+            m.QUARANTINED_PODS.name, m.QUARANTINED_PODS.help, m.QUARANTINED_PODS.labels, registry=registry
+        )
+        self.monitored = Gauge(m.MONITORED_PODS.name, m.MONITORED_PODS.help, registry=registry)
+        self.streams = Gauge(m.SENSOR_STREAMS.name, m.SENSOR_STREAMS.help, m.SENSOR_STREAMS.labels, registry=registry)
+        for state in m.SENSOR_STREAM_STATES:
+            self.streams.labels(state).set(0)
+        self.latency = Histogram(
+            m.DETECTION_TO_ENFORCEMENT.name,
+            m.DETECTION_TO_ENFORCEMENT.help,
+            buckets=m.DETECTION_TO_ENFORCEMENT.buckets,
+            registry=registry,
+        )

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from trainguard import builders
 from trainguard.builders import names, network, status
@@ -68,6 +68,12 @@ class ForeignPolicies:
             return list(self._by_namespace.get(namespace, {}).values())
 
 
+class Observer(Protocol):
+    def sync(self, atj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def forget(self, namespace: str, name: str) -> None: ...
+
+
 class Reconciler:
     """Reconciles AgentTrainingJobs by key; safe to call from several threads for different keys."""
 
@@ -86,6 +92,8 @@ class Reconciler:
         self.clock = clock
         self.instance = socket.gethostname()
         self._warned: dict[tuple[str, str], str] = {}
+        #: Told of every job reconciled and its pods (the guard of issue 13), and of jobs gone.
+        self.observer: Observer | None = None
         self._lock = threading.Lock()
 
     # --- the recipe ----------------------------------------------------------------------------
@@ -105,6 +113,8 @@ class Reconciler:
     def _reconcile(self, namespace: str, name: str) -> Outcome:
         atj = self.api.get("AgentTrainingJob", namespace, name)
         if atj is None or atj["metadata"].get("deletionTimestamp"):
+            if self.observer is not None:
+                self.observer.forget(namespace, name)
             return "gone"
         problem: status.Problem | None = None
         job: Mapping[str, Any] | None = None
@@ -137,7 +147,17 @@ class Reconciler:
         current = atj.get("status") or {}
         new = status.compute(current, observed, bool(atj["spec"].get("suspend")), self.clock())
         if not status.same(current, new):
-            self.api.patch("AgentTrainingJob", namespace, name, {"status": new}, subresource="status")
+            # With the resourceVersion read: the enforcer writes violations into the same status meanwhile, and a
+            # merge patch of a stale copy would take them away (409: the reconcile is retried).
+            self.api.patch(
+                "AgentTrainingJob",
+                namespace,
+                name,
+                {"metadata": {"resourceVersion": atj["metadata"]["resourceVersion"]}, "status": new},
+                subresource="status",
+            )
+        if self.observer is not None and problem is None:
+            self.observer.sync(atj, pods)
         self._warn(atj, problem, foreign)
         if problem is not None:
             log.info("not reconciled: %s: %s", problem.reason, problem.message, **_job_log(namespace, name))

@@ -1,0 +1,249 @@
+"""A replaying sensor for tests and benchmarks: one process plays the sensors of many pods, each on its pod's
+own IP (KWOK gives pods 127.x addresses, so a socket bound there is where the operator dials), speaking the real
+protocol of `trainguard.api.sensorproto` (nothing of the format is copied here).
+
+    player = Player(port=9400)            # an aiohttp server in a thread of its own
+    player.add("ns/worker-0", "127.128.0.5", key)
+    player.set_mode("ns/worker-0", "tunnel")   # the next samples show `ssh -R` to 10.0.0.9:22
+    player.cuts["ns/worker-0"]            # the CutCommands it accepted
+
+What it checks is what a real sensor must check: the bearer credential of its pod, the command's signature, its
+age and its nonce (replay). Modes: `clean` (a trainer), `tunnel` (plus an ssh reverse tunnel, until a cut
+destroys the connection and stops the pid), `forged` (lines signed with another key), `silent` (no lines).
+`cut_reply`: `confirm` (a signed report, nothing remaining), `remaining` (the tunnel still open: not confirmed),
+`hang` (no answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+from trainguard.api import sensorproto
+from trainguard.api.sample import Sample
+
+Mode = Literal["clean", "tunnel", "forged", "silent"]
+CutReply = Literal["confirm", "remaining", "hang"]
+TUNNEL_REMOTE = ("10.0.0.9", 22)
+TUNNEL_PID = 31
+
+
+@dataclass
+class PlayedPod:
+    pod: str
+    ip: str
+    key: bytes
+    mode: Mode = "clean"
+    cut_reply: CutReply = "confirm"
+    seq: int = 0
+    cut: bool = False
+    #: When the first sample of the current mode was sent (the bench measures from it).
+    mode_since: float | None = None
+    #: When the first cut was accepted (Unix time).
+    cut_at: float | None = None
+    runner: web.AppRunner | None = None
+    nonces: set[str] = field(default_factory=set)
+
+
+def sample_for(p: PlayedPod, now: float) -> Sample:
+    processes: list[dict[str, Any]] = [
+        {
+            "pid": 7,
+            "ppid": 1,
+            "name": "python3",
+            "exe": "/usr/bin/python3",
+            "exeStatus": "ok",
+            "argv": ["python3", "train.py"],
+            "container": "trainer",
+        }
+    ]
+    connections: list[dict[str, Any]] = []
+    if p.mode == "tunnel" and not p.cut:
+        processes.append(
+            {
+                "pid": TUNNEL_PID,
+                "ppid": 7,
+                "name": "ssh",
+                "exe": "/usr/bin/ssh",
+                "exeStatus": "ok",
+                "argv": ["ssh", "-N", "-R", "2222:localhost:22", f"tunnel@{TUNNEL_REMOTE[0]}"],
+                "container": "trainer",
+            }
+        )
+        connections.append(
+            {
+                "proto": "tcp",
+                "local": {"address": p.ip, "port": 41000},
+                "remote": {"address": TUNNEL_REMOTE[0], "port": TUNNEL_REMOTE[1]},
+                "state": "ESTABLISHED",
+                "pid": TUNNEL_PID,
+                "inode": 9001,
+            }
+        )
+    return Sample.model_validate(
+        {
+            "version": 2,
+            "ts": now,
+            "pod": p.pod,
+            "seq": p.seq,
+            "processes": processes,
+            "connections": connections,
+            "sensor": {"reader": "netlink"},
+        }
+    )
+
+
+class Player:
+    def __init__(self, port: int = 9400, interval_s: float = 1.0) -> None:
+        self.port = port
+        self.interval_s = interval_s
+        self.pods: dict[str, PlayedPod] = {}
+        self.cuts: dict[str, list[sensorproto.CutCommand]] = defaultdict(list)
+        self.refused: list[tuple[str, int]] = []
+        self.streams = 0
+        self._by_ip: dict[str, PlayedPod] = {}
+        self._templates: dict[tuple[str, str, bool], str] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sensorplay", daemon=True)
+        self._thread.start()
+
+    # --- control (any thread) --------------------------------------------------------------------------
+
+    def add(self, pod: str, ip: str, key: bytes) -> None:
+        played = PlayedPod(pod, ip, key)
+        self.pods[pod] = played
+        self._by_ip[ip] = played
+        asyncio.run_coroutine_threadsafe(self._bind(played), self._loop).result(10)
+
+    def set_mode(self, pod: str, mode: Mode) -> None:
+        p = self.pods[pod]
+        p.mode, p.mode_since, p.cut = mode, None, False
+
+    def stop(self) -> None:
+        async def down() -> None:
+            for p in self.pods.values():
+                if p.runner is not None:
+                    await p.runner.cleanup()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    # --- the server ------------------------------------------------------------------------------------
+
+    async def _bind(self, p: PlayedPod) -> None:
+        app = web.Application()
+        app.router.add_get(sensorproto.SAMPLES_PATH, self._samples)
+        app.router.add_post(sensorproto.CUT_PATH, self._cut)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, p.ip, self.port, reuse_address=True).start()
+        p.runner = runner
+
+    def _body(self, p: PlayedPod, now: float) -> bytes:
+        """The sample's JSON: built once per (pod, mode, cut) by the model, then only ts and seq change (a
+        thousand pods at 1 Hz must not cost the player a core)."""
+        key = (p.pod, p.mode, p.cut)
+        template = self._templates.get(key)
+        if template is None:
+            saved = p.seq
+            p.seq = 987654321
+            text = sample_for(p, 1234567890.5).model_dump_json(by_alias=True, exclude_none=True)
+            p.seq = saved
+            assert text.count("1234567890.5") == 1 and text.count("987654321") == 1
+            template = self._templates[key] = text.replace("1234567890.5", "{ts}").replace("987654321", "{seq}")
+        return template.replace("{ts}", repr(now)).replace("{seq}", str(p.seq)).encode()
+
+    def _pod_of(self, request: web.Request) -> PlayedPod:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        return self._by_ip[sock[0]]
+
+    async def _samples(self, request: web.Request) -> web.StreamResponse:
+        p = self._pod_of(request)
+        if not sensorproto.credential_ok(p.key, p.pod, request.headers.get("Authorization")):
+            self.refused.append((p.pod, 401))
+            raise web.HTTPUnauthorized()
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            await response.prepare(request)
+        except ConnectionError:  # the operator gave up on this connection before the headers went out
+            return response
+        self.streams += 1
+        try:
+            while True:
+                if p.mode != "silent":
+                    now = time.time()
+                    if p.mode_since is None:
+                        p.mode_since = now
+                    p.seq += 1
+                    body = self._body(p, now)
+                    key = b"not the job's key, 32 bytes long" if p.mode == "forged" else p.key
+                    await response.write(sensorproto.sign_sample(key, body))
+                await asyncio.sleep(self.interval_s)
+        except ConnectionError:  # the operator closed the stream (or died): as a sensor would, forget it
+            pass
+        finally:
+            self.streams -= 1
+        return response
+
+    async def _cut(self, request: web.Request) -> web.Response:
+        p = self._pod_of(request)
+        body = await request.read()
+        if not sensorproto.credential_ok(p.key, p.pod, request.headers.get("Authorization")) or not (
+            sensorproto.command_ok(p.key, body, request.headers.get(sensorproto.SIGNATURE_HEADER))
+        ):
+            self.refused.append((p.pod, 401))
+            raise web.HTTPUnauthorized()
+        command = sensorproto.CutCommand.model_validate_json(body)
+        stale = abs(time.time() - command.issued_at) > sensorproto.MAX_COMMAND_AGE_SECONDS
+        if command.pod != p.pod or stale or command.nonce in p.nonces:
+            self.refused.append((p.pod, 409))
+            raise web.HTTPConflict()
+        p.nonces.add(command.nonce)
+        if p.cut_at is None:
+            p.cut_at = time.time()
+        self.cuts[p.pod].append(command)
+        if p.cut_reply == "hang":
+            await asyncio.sleep(3600)
+        tunnel = sensorproto.CutSocket.model_validate(
+            {
+                "proto": "tcp",
+                "local": {"address": p.ip, "port": 41000},
+                "remote": {"address": TUNNEL_REMOTE[0], "port": TUNNEL_REMOTE[1]},
+                "pid": TUNNEL_PID,
+            }
+        )
+        kept = any(_covers(peer.cidr, TUNNEL_REMOTE[0]) for peer in command.keep)
+        open_tunnel = p.mode == "tunnel" and not p.cut and not kept
+        if p.cut_reply == "remaining":
+            report = sensorproto.CutReport(pod=p.pod, nonce=command.nonce, remaining=[tunnel] if open_tunnel else [])
+            if not open_tunnel:
+                report.remaining.append(tunnel)
+        else:
+            report = sensorproto.CutReport(
+                pod=p.pod,
+                nonce=command.nonce,
+                destroyed=[tunnel] if open_tunnel else [],
+                stopped=list(command.pids),
+            )
+            p.cut = p.cut or open_tunnel
+        data = report.model_dump_json(by_alias=True).encode()
+        return web.Response(
+            body=data,
+            content_type="application/json",
+            headers={sensorproto.SIGNATURE_HEADER: sensorproto.sign_report(p.key, data)},
+        )
+
+
+def _covers(cidr: str, ip: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
