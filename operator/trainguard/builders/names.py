@@ -69,7 +69,3 @@ def job_labels(name: str, component: str) -> dict[str, str]:
 SENSOR_KEY_COMPONENT: Final = "sensor-key"
 #: On a quarantined pod: the evidence (rule, process, remote, sample time) as JSON.
 EVIDENCE_ANNOTATION: Final = "trainguard.io/evidence"
-
-
-def sensor_key_secret_name(name: str) -> str:
-    return f"{name}-sensor-key"
