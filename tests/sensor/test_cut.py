@@ -301,3 +301,14 @@ def test_the_sensor_and_pid_1_are_never_signalled(world: World) -> None:
     assert len(report.errors) == 2 and all("never signalled" in e for e in report.errors)
     assert world.request("GET", "/healthz")[0] == 200
     assert world.state("sensor") in "SR"
+
+
+def test_an_offenders_connection_to_a_kept_remote_is_cut_too(world: World) -> None:
+    """A reverse shell to an allowed address is still the attack: `keep` spares the connections of processes the
+    command does not name, never the named offender's own sockets."""
+    grows(world.peers["allowed"], "the allowed connection before its holder is named")
+    report = report_of(world, *world.cut(command(pids=[world.manifest["allowed"]])))
+    remotes = {(s.remote.address, s.remote.port) for s in report.destroyed}
+    assert (cut_world.WORLD, cut_world.ALLOWED_PORT) in remotes, report
+    assert report.stopped == [world.manifest["allowed"]] and report.confirmed, report
+    wait_for(lambda: world.peers["allowed"].ended, 5, "the allowed connection to end", interval=0.02)

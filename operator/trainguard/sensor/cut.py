@@ -296,6 +296,10 @@ class Cutter:
 
     def _cut(self, command: CutCommand, keep: Keep) -> CutReport:
         errors: list[str] = []
+        # The offenders' own sockets go whatever their remote: a reverse shell to an allowed address is still the
+        # attack (a kept remote spares only the connections of processes the command does not name). Read before
+        # the signal: a killed holder's fds are gone, and a child it passed the socket to may still hold it.
+        offending = self._offending_inodes(command.pids)
         stopped = self._signal(command.pids, signal.SIGKILL if command.signal == "KILL" else signal.SIGSTOP, errors)
         try:
             before = self._read()
@@ -303,7 +307,12 @@ class Cutter:
             errors.append(f"cannot read the pod's sockets through sock_diag: {exc.strerror or exc}")
             return CutReport(pod=self.pod, nonce=command.nonce, stopped=stopped, errors=errors)
         own = _all_inodes(self.proc_root, self.own_pid)
-        targets = [s for s in before if must_cut(s) and s.inode not in own and not keep.keeps(s.remote)]
+        offending -= own
+        targets = [
+            s
+            for s in before
+            if must_cut(s) and s.inode not in own and (s.inode in offending or not keep.keeps(s.remote))
+        ]
         holders = socket_holders(self.proc_root, {s.inode for s in targets if s.inode})
         refused: list[tuple[DiagSocket, int]] = []
         try:
@@ -337,7 +346,9 @@ class Cutter:
                 destroyed.append(_cut_socket(sock, pid))
         own_after = _all_inodes(self.proc_root, self.own_pid)
         remaining = [
-            _cut_socket(s, None) for s in after if must_cut(s) and s.inode not in own_after and not keep.keeps(s.remote)
+            _cut_socket(s, None)
+            for s in after
+            if must_cut(s) and s.inode not in own_after and (s.inode in offending or not keep.keeps(s.remote))
         ]
         return CutReport(
             pod=self.pod,
@@ -348,6 +359,15 @@ class Cutter:
             remaining=remaining,
             errors=errors,
         )
+
+    def _offending_inodes(self, pids: Iterable[int]) -> set[int]:
+        """The socket inodes the named processes hold (pid 1 and the sensor are never offenders)."""
+        inodes: set[int] = set()
+        for pid in pids:
+            if pid > 1 and pid != self.own_pid and os.path.isdir(f"{self.proc_root}/{pid}"):
+                inodes |= _all_inodes(self.proc_root, pid)
+        inodes.discard(0)
+        return inodes
 
     def _signal(self, pids: Iterable[int], signum: int, errors: list[str]) -> list[int]:
         done: list[int] = []

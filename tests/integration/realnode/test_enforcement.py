@@ -46,8 +46,7 @@ pytestmark = pytest.mark.skipif(
 @contextlib.contextmanager
 def operator_on_node(node: RealNode, namespace: str, tmp: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
     """`trainguard run` in the node's network namespace (the node reaches every pod, as the operator's namespace
-    does through the sensor NetworkPolicy in a cluster), with the CRD installed."""
-    node.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    does through the sensor NetworkPolicy in a cluster). The CRD is installed by `_setup`."""
     master = tmp / "master.key"
     master.write_text(secrets.token_hex(32))
     log = (tmp / "operator.log").open("wb")
@@ -110,7 +109,12 @@ def _job(listener: str, action: str) -> dict[str, Any]:
                     ]
                 }
             },
-            "policy": {"enforcement": {"action": action, "debounce": {"samples": 1}}},
+            # The listener's address is declared egress, so the NetworkPolicies let the tunnel open: what gives it away
+            # is the shell whose standard streams are that connection (process.reverse-shell), the ROME shape.
+            "policy": {
+                "network": {"egress": [{"cidr": f"{listener}/32", "ports": [{"port": LISTENER_PORT}]}]},
+                "enforcement": {"action": action, "debounce": {"samples": 1}},
+            },
         },
     }
 
@@ -132,6 +136,13 @@ def _worker(node: RealNode, ns: str, index: str) -> dict[str, Any] | None:
 
 
 def _setup(node: RealNode, ns: str, action: str) -> str:
+    node.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    wait_for(
+        lambda: node.kubectl("get", "crd", "agenttrainingjobs.trainguard.io", check=False).returncode == 0
+        and node.kubectl("api-resources", "--api-group=trainguard.io", check=False).stdout.count("AgentTrainingJob"),
+        30,
+        "the AgentTrainingJob CRD is not served",
+    )
     # The listener drives the shell: a command every 0.2 s, each answer is one line in its log.
     node.apply(
         ns,
@@ -160,12 +171,14 @@ def test_a_real_reverse_tunnel_is_cut_within_2_s(real_node: RealNode, node_names
         first = dt.datetime.fromisoformat(evidence["firstSeen"].replace("Z", "+00:00")).timestamp()
         # seen_cut is when this poll saw the confirmation: an upper bound of when the cut happened.
         assert seen_cut - first <= 2.0, f"cut {seen_cut - first:.2f} s after the first violating sample"
-        assert "nc" in json.dumps(evidence["evidence"]) and any(listener in r for r in evidence["remotes"]), evidence
+        assert any(tool in json.dumps(evidence["evidence"]) for tool in ("nc", "sh")), evidence
+        assert any(listener in r for r in evidence["remotes"]), evidence
         # No more bytes through the tunnel.
         time.sleep(1.0)
         stopped = _listener_lines(real_node, ns)
         time.sleep(2.0)
-        assert _listener_lines(real_node, ns) == stopped, "bytes still get through the cut tunnel"
+        # (The listener's log can only shrink: its nc may end with the reset connection and the kubelet restart it.)
+        assert _listener_lines(real_node, ns) <= stopped, "bytes still get through the cut tunnel"
         # New connections fail both ways.
         name = pod["metadata"]["name"]
         ip = pod["status"]["podIP"]
