@@ -48,6 +48,7 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
+            "Secret",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
@@ -318,7 +319,7 @@ def test_switches_turn_parts_off() -> None:
             "admissionPolicy.enabled": "false",
         }
     )
-    assert sorted(d["kind"] for d in docs) == ["CustomResourceDefinition", "Deployment", "Service"]
+    assert sorted(d["kind"] for d in docs) == ["CustomResourceDefinition", "Deployment", "Secret", "Service"]
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
 
@@ -353,3 +354,17 @@ def test_admission_binding_follows_the_watched_namespaces() -> None:
         "ValidatingAdmissionPolicyBinding",
     )
     assert chosen["spec"]["matchResources"]["namespaceSelector"] == {"matchLabels": {"guarded": "yes"}}
+
+
+def test_the_sensor_master_key_is_made_once_kept_and_mounted() -> None:
+    """Each job's sensor key is derived from one master key: it must outlive operator restarts and upgrades."""
+    docs = template()
+    secret = one(docs, "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(secret["data"]["master.key"]) >= 64
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--sensor-master-key-file=/var/run/secrets/trainguard.io/master/master.key" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "sensor-master-key")
+    volume = next(v for v in pod["volumes"] if v["name"] == "sensor-master-key")
+    assert mount["readOnly"] and volume["secret"]["secretName"] == secret["metadata"]["name"]
