@@ -6,8 +6,8 @@ the code has made its sockets, the kernel's socket tables (/proc/net/tcp, udp, r
 returned as version-2 sample sections (the pod's: sockets bound to the outside hosts' addresses
 are left out), described as the sensor describes sockets: structured endpoints, the kernel's
 state names, the inode; listeners in `listening`, sockets with a peer in `connections`, the rest
-in `unconnected`. The sensor's own readers are on another branch; this
-is a small reader of the same tables for the tests.
+in `unconnected`. A small reader of the same tables for these unit-level tests (the end-to-end red team in
+tests/redteam/ runs the real sensor).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from trainguard.sensor.sockets import TCP_STATES
+
 #: The pod's address and the outside hosts the tests play, all on the namespace's loopback.
 POD_IP = "10.244.1.10"
 POOL = "192.0.2.77"
@@ -30,20 +32,8 @@ OBJECT_STORE = "203.0.113.40"
 ADDRESSES = (POD_IP, POOL, C2, OBJECT_STORE)
 OUTSIDE = (POOL, C2, OBJECT_STORE)
 
-_STATES = {
-    1: "ESTABLISHED",
-    2: "SYN_SENT",
-    3: "SYN_RECV",
-    4: "FIN_WAIT1",
-    5: "FIN_WAIT2",
-    6: "TIME_WAIT",
-    7: "CLOSE",
-    8: "CLOSE_WAIT",
-    9: "LAST_ACK",
-    10: "LISTEN",
-    11: "CLOSING",
-    12: "NEW_SYN_RECV",
-}
+#: The kernel's socket states, by number: the sensor's own table (one definition).
+_STATES = TCP_STATES
 
 _READER = r'''
 import json, socket, struct
