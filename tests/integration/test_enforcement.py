@@ -337,9 +337,10 @@ def test_engine_state_is_checkpointed_in_status(rig: Rig) -> None:
         )
 
 
-@pytest.mark.parametrize("failpoint", ["record.after-status", "quarantine.after-label", "quarantine.after-cut"])
-def test_quarantine_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest.MonkeyPatch, failpoint: str) -> None:
-    rig.create("Quarantine")
+def _crash_at(rig: Rig, monkeypatch: pytest.MonkeyPatch, action: str, failpoint: str) -> tuple[str, str]:
+    """A job with `action`, two played pods, one turning into a tunnel, and an operator that dies at `failpoint`:
+    the (bad, good) pods, for a second operator to finish the work."""
+    rig.create(action)
     monkeypatch.setenv("TRAINGUARD_FAILPOINT", failpoint)
     with rig.operator("first") as first:
         bad, good = rig.play(2)
@@ -347,6 +348,12 @@ def test_quarantine_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest
         rig.player.set_mode(bad, "tunnel")
         wait_for(lambda: not first.alive(), 30, f"the operator did not stop at {failpoint}")
     monkeypatch.delenv("TRAINGUARD_FAILPOINT")
+    return bad, good
+
+
+@pytest.mark.parametrize("failpoint", ["record.after-status", "quarantine.after-label", "quarantine.after-cut"])
+def test_quarantine_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest.MonkeyPatch, failpoint: str) -> None:
+    bad, good = _crash_at(rig, monkeypatch, "Quarantine", failpoint)
     with rig.operator("second"):
 
         def confirmed() -> bool:
@@ -362,14 +369,7 @@ def test_quarantine_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest
 
 @pytest.mark.parametrize("failpoint", ["delete.after-record", "delete.after-condition"])
 def test_delete_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest.MonkeyPatch, failpoint: str) -> None:
-    rig.create("Delete")
-    monkeypatch.setenv("TRAINGUARD_FAILPOINT", failpoint)
-    with rig.operator("first") as first:
-        bad, good = rig.play(2)
-        rig.streaming(2)
-        rig.player.set_mode(bad, "tunnel")
-        wait_for(lambda: not first.alive(), 30, f"the operator did not stop at {failpoint}")
-    monkeypatch.delenv("TRAINGUARD_FAILPOINT")
+    bad, good = _crash_at(rig, monkeypatch, "Delete", failpoint)
     with rig.operator("second"):
         wait_for(lambda: rig.pod(bad) is None, 30, "the pod was not deleted after the restart")
         wait_for(
