@@ -218,6 +218,12 @@ def test_the_pods_gpus_are_read_from_prometheus_by_labels_uuid_and_mig_instance(
     assert g2 == sample.gpus[2]
 
     assert source.read("agents", "nobody") == {}
+    # One query for several pods (a POST; a name with a dot is matched literally): what the guard asks per job.
+    by_pod = source.read_pods("agents", ["rl-trainer-worker-1", "other", "no.such-pod", "rl-trainer-worker-1x"])
+    assert set(by_pod) == {"rl-trainer-worker-1", "other"}
+    assert by_pod["rl-trainer-worker-1"] == gpus
+    assert set(by_pod["other"]) == {GpuKey(OTHER_POD_GPU)}
+    assert source.read_pods("agents", ["rl-trainer-worker.1"]) == {}  # the dot is not "any character"
 
 
 def test_prometheus_errors_say_what_and_where(prometheus: str) -> None:
