@@ -86,7 +86,7 @@ def test_the_pods_query_names_each_pod_exactly_once_escaping_dots() -> None:
     assert 'namespace="agents",pod=~"w-1|w\\\\.0"' in q
     assert 'exported_namespace="agents",exported_pod=~"w-1|w\\\\.0"' in q
     for bad in (["ok", 'x"}'], [".*"], []):
-        with pytest.raises(ValueError, match="not a Kubernetes name|no pods"):
+        with pytest.raises(ValueError, match=r"not a Kubernetes name|no pods"):
             dcgm_pods_query("agents", bad)
 
 
