@@ -179,7 +179,8 @@ def test_dcgm_showing_a_miner_behind_a_benign_sensor_reading_is_quarantined(
             assert evidence["rule"] == MINING and evidence["action"] == "Quarantine"
             assert evidence["evidence"]["basis"] == "profile"  # judged by what the kernels computed, from DCGM
             assert evidence["evidence"]["tensorActive"] == 0.0 and evidence["evidence"]["intActive"] == 0.64
-            [record] = _violations(rig, MINING)
+            # The label (with the evidence) is the quarantine's first write, the status record its second.
+            [record] = wait_for(lambda: _violations(rig, MINING), 20, "the violation was not recorded in status")
             assert record["pod"] == bad.split("/")[1] and record["action"] == "Quarantine"
             neighbour = rig.pod(good)
             assert neighbour is not None and QUARANTINED not in (neighbour.metadata.labels or {})
