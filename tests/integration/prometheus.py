@@ -61,13 +61,13 @@ def exporter(pages: Mapping[str, Callable[[], str]]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, scrape_configs: str) -> Iterator[str]:
-    """Prometheus with `scrape_configs` (YAML, a 1 s scrape interval); yields its URL once it is ready. Skips the
-    test, saying why, when the binary is not installed."""
+def prometheus(tmp_path: Path, scrape_configs: str, port: int | None = None) -> Iterator[str]:
+    """Prometheus with `scrape_configs` (YAML, a 1 s scrape interval) on `port` (default: a free one); yields its URL
+    once it is ready. Skips the test, saying why, when the binary is not installed."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus not installed (Debian package prometheus; `make tools` installs it)")
-    port = free_port()
+    port = port or free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n{scrape_configs}")
     log_path = tmp_path / "prometheus.log"

@@ -192,10 +192,11 @@ def test_dcgm_showing_a_miner_behind_a_benign_sensor_reading_is_quarantined(
         rig.player.stop()
 
 
-def test_prometheus_unreachable_degrades_the_job_once_and_the_sensor_alone_still_detects(
-    kwok_cluster: KwokCluster, kwok_namespace: str, tmp_path: Path
+def test_prometheus_unreachable_degrades_the_job_once_the_sensor_alone_still_detects_and_it_clears(
+    kwok_cluster: KwokCluster, kwok_namespace: str, tmp_path: Path, dcgm_exporter: Exporter
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every query is refused
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}"  # nothing listens there (until the end): every query is refused
     rig = DcgmRig(kwok_cluster, kwok_namespace, tmp_path, dead)
     try:
         rig.create("Alert")
@@ -229,5 +230,22 @@ def test_prometheus_unreachable_degrades_the_job_once_and_the_sensor_alone_still
             wait_for(lambda: rig.player.pods[good].seq >= 90, 30, "the played sensor did not send 90 samples")
             assert not _violations(rig, MINING)
             assert running.alive()
+            # Prometheus comes up at that address: the job is no longer degraded, and the operator says so once.
+            dcgm_exporter.namespace = kwok_namespace
+            dcgm_exporter.set(good, "GPU-8f3a-0002", TRAINING)
+            with (
+                exporter({"/metrics": dcgm_exporter.page}) as target,
+                prometheus(
+                    tmp_path, f'  - job_name: dcgm\n    static_configs: [{{targets: ["{target}"]}}]\n', port=port
+                ),
+            ):
+
+                def recovered() -> dict[str, Any] | None:
+                    c = _condition(rig, "Degraded")
+                    return c if c and c["reason"] != "PrometheusUnreachable" else None
+
+                wait_for(recovered, 30, "the job stayed Degraded/PrometheusUnreachable after Prometheus came back")
+                assert _metric(running, "trainguard_dcgm_unavailable_jobs") == 0
+                assert any("read again" in str(r.get("message", "")) for r in running.log_lines())
     finally:
         rig.player.stop()
