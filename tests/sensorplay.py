@@ -1,6 +1,7 @@
 """A replaying sensor for tests and benchmarks: one process plays the sensors of many pods, each on its pod's
 own IP (KWOK gives pods 127.x addresses, so a socket bound there is where the operator dials), speaking the real
-protocol of `trainguard.api.sensorproto` (nothing of the format is copied here).
+protocol of `trainguard.api.sensorproto` (nothing of the format is copied here). `set_gpus` gives a pod's samples
+GPUs (none by default).
 
     player = Player(port=9400)            # an aiohttp server in a thread of its own
     player.add("ns/worker-0", "127.128.0.5", key)
@@ -50,6 +51,8 @@ class PlayedPod:
     cut_at: float | None = None
     runner: web.AppRunner | None = None
     nonces: set[str] = field(default_factory=set)
+    #: The sample's `gpus` (wire form), in every mode.
+    gpus: list[dict[str, Any]] = field(default_factory=list)
 
 
 def sample_for(p: PlayedPod, now: float) -> Sample:
@@ -95,6 +98,7 @@ def sample_for(p: PlayedPod, now: float) -> Sample:
             "seq": p.seq,
             "processes": processes,
             "connections": connections,
+            "gpus": p.gpus,
             "sensor": {"reader": "netlink"},
         }
     )
@@ -121,6 +125,12 @@ class Player:
         self.pods[pod] = played
         self._by_ip[ip] = played
         asyncio.run_coroutine_threadsafe(self._bind(played), self._loop).result(10)
+
+    def set_gpus(self, pod: str, gpus: list[dict[str, Any]]) -> None:
+        """What the pod's samples say of its GPUs from now on (wire form: `index`, `uuid`, `utilization`, ...)."""
+        self.pods[pod].gpus = gpus
+        for key in [k for k in self._templates if k[0] == pod]:
+            del self._templates[key]
 
     def set_mode(self, pod: str, mode: Mode) -> None:
         p = self.pods[pod]

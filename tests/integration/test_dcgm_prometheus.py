@@ -11,17 +11,13 @@ Nothing listens beyond loopback; everything started is stopped and removed at th
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import threading
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.integration import prometheus as promserver
+from tests.integration.prometheus import exporter, free_port, series
 from tests.polling import wait_for
 from trainguard.api.sample import GpuProfile, Sample
 from trainguard.sources import DcgmSource, GpuKey, PrometheusError, merge_dcgm
@@ -30,11 +26,6 @@ FULL = "GPU-5a1f0e2c-0100"
 MIG_PARENT = "GPU-7b2e11d4-0000"
 MIG_UUID = "MIG-4c9d0a61-1c0e-5b7a-9e3f-2a1b3c4d5e6f"
 OTHER_POD_GPU = "GPU-5a1f0e2c-0200"
-
-
-def _series(labels: dict[str, str], values: dict[str, float]) -> str:
-    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return "".join(f"{name}{{{text}}} {value}\n" for name, value in values.items())
 
 
 HASHING = {
@@ -69,10 +60,10 @@ def exporter_a() -> str:
     other = {**base, "gpu": "1", "UUID": OTHER_POD_GPU, "container": "trainer", "namespace": "agents", "pod": "other"}
     return (
         "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
-        + _series(mine, HASHING)
-        + _series(other, {"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.5, "DCGM_FI_DEV_GPU_UTIL": 80})
+        + series(mine, HASHING)
+        + series(other, {"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.5, "DCGM_FI_DEV_GPU_UTIL": 80})
         # An unrelated series of the same pod: not asked for.
-        + _series(mine, {"DCGM_FI_DEV_SM_CLOCK": 1980})
+        + series(mine, {"DCGM_FI_DEV_SM_CLOCK": 1980})
     )
 
 
@@ -88,86 +79,26 @@ def exporter_b() -> str:
         "namespace": "agents",
         "pod": "rl-trainer-worker-1",
     }
-    return _series(labels, MIG)
-
-
-class _Exporter(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        pages = {"/a": exporter_a, "/b": exporter_b}
-        page = pages.get(self.path)
-        if page is None:
-            self.send_error(404)
-            return
-        body = page().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return series(labels, MIG)
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (Debian package prometheus; `make tools` installs it)")
-    exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    target = f"127.0.0.1:{exporter.server_address[1]}"
-    port = _free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        f"""
-global: {{scrape_interval: 1s, scrape_timeout: 1s}}
-scrape_configs:
+    with (
+        exporter({"/a": exporter_a, "/b": exporter_b}) as target,
+        promserver.prometheus(
+            tmp_path,
+            f"""
   - job_name: dcgm-a
     metrics_path: /a
     static_configs: [{{targets: ["{target}"]}}]
   - job_name: dcgm-b
     metrics_path: /b
     static_configs: [{{targets: ["{target}"], labels: {{namespace: monitoring, pod: dcgm-exporter-7xk2p}}}}]
-"""
-    )
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as answer:
-                return bool(answer.status == 200)
-
-        wait_for(ready, 30, "prometheus ready", interval=0.2, ignoring=(OSError,))
+""",
+        ) as url,
+    ):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        exporter.shutdown()
-        exporter.server_close()
 
 
 def test_the_pods_gpus_are_read_from_prometheus_by_labels_uuid_and_mig_instance(prometheus: str) -> None:
@@ -218,12 +149,18 @@ def test_the_pods_gpus_are_read_from_prometheus_by_labels_uuid_and_mig_instance(
     assert g2 == sample.gpus[2]
 
     assert source.read("agents", "nobody") == {}
+    # One query for several pods (a POST; a name with a dot is matched literally): what the guard asks per job.
+    by_pod = source.read_pods("agents", ["rl-trainer-worker-1", "other", "no.such-pod", "rl-trainer-worker-1x"])
+    assert set(by_pod) == {"rl-trainer-worker-1", "other"}
+    assert by_pod["rl-trainer-worker-1"] == gpus
+    assert set(by_pod["other"]) == {GpuKey(OTHER_POD_GPU)}
+    assert source.read_pods("agents", ["rl-trainer-worker.1"]) == {}  # the dot is not "any character"
 
 
 def test_prometheus_errors_say_what_and_where(prometheus: str) -> None:
     with pytest.raises(ValueError, match="not a Kubernetes name"):
         DcgmSource(prometheus).read("agents", 'x"} or up{')
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(PrometheusError, match=f"Prometheus at {dead}: .*refused"):
         DcgmSource(dead, timeout_s=1.0).read("agents", "p")
     with pytest.raises(PrometheusError, match="HTTP 404"):

@@ -38,13 +38,13 @@ def _free_port() -> int:
 class Rig:
     """The operator, the played sensors and the job under test."""
 
-    def __init__(self, cluster: KwokCluster, namespace: str, tmp_path: Path) -> None:
+    def __init__(self, cluster: KwokCluster, namespace: str, tmp_path: Path, interval_s: float = 1.0) -> None:
         self.cluster, self.namespace, self.tmp_path = cluster, namespace, tmp_path
         self.port = _free_port()
         self.master = secrets.token_hex(32).encode()  # the file holds text; whitespace around it is ignored
         self.master_file = tmp_path / "master.key"
         self.master_file.write_bytes(self.master)
-        self.player = Player(port=self.port)
+        self.player = Player(port=self.port, interval_s=interval_s)
         self.name = "train"
 
     def operator_args(self) -> list[str]:

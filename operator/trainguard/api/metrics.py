@@ -94,6 +94,17 @@ SENSOR_STREAMS = MetricSpec(
     "trainguard_sensor_streams", "gauge", "Sensor streams the collector holds, by state.",
     ("state",), {"state": SENSOR_STREAM_STATES},
 )
+#: `outcome` of a query of DCGM series to a job's Prometheus: `ok` (an instant vector came back), `failed`
+#: (refused, timed out, an HTTP error, not an instant vector).
+DCGM_QUERY_OUTCOMES = ("ok", "failed")
+DCGM_QUERIES = MetricSpec(
+    "trainguard_dcgm_queries_total", "counter", "Queries of DCGM series to guarded jobs' Prometheus, by outcome.",
+    ("outcome",), {"outcome": DCGM_QUERY_OUTCOMES},
+)
+DCGM_UNAVAILABLE_JOBS = MetricSpec(
+    "trainguard_dcgm_unavailable_jobs", "gauge",
+    "Guarded jobs with spec.monitoring.prometheus whose last DCGM query failed (detection uses the sensor alone).",
+)
 DETECTION_TO_ENFORCEMENT = MetricSpec(
     "trainguard_detection_to_enforcement_seconds", "histogram",
     "From the first violating sample's timestamp to the API server accepting the action.",
@@ -113,6 +124,8 @@ OPERATOR: tuple[MetricSpec, ...] = (
     MONITORED_PODS,
     SENSOR_STREAMS,
     DETECTION_TO_ENFORCEMENT,
+    DCGM_QUERIES,
+    DCGM_UNAVAILABLE_JOBS,
 )
 
 #: The port of the operator's `/metrics` (the chart's Service, NetworkPolicy and probes use it).

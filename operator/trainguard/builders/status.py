@@ -26,6 +26,8 @@ class Observed:
     pods: Sequence[Mapping[str, Any]]
     foreign_policies: Sequence[str]
     problem: Problem | None = None
+    #: What weakens the guard besides the children, from the guard itself (a job's Prometheus unreachable).
+    guard_problems: Sequence[Problem] = ()
 
 
 def _job_condition(job: Mapping[str, Any] | None, kind: str) -> bool:
@@ -158,6 +160,7 @@ def compute(current: Mapping[str, Any] | None, observed: Observed, suspended: bo
         )
     if restarted:
         degraded_reasons.append(("SensorRestarted", f"the sensor restarted in pods: {', '.join(restarted)}"))
+    degraded_reasons.extend((p.reason, p.message) for p in observed.guard_problems)
     if degraded_reasons:
         conditions.append(
             _condition(

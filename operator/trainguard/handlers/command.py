@@ -23,6 +23,7 @@ from trainguard.k8s.guard import Guard, GuardSettings
 from trainguard.k8s.metrics import OperatorMetrics
 from trainguard.k8s.reconcile import Reconciler
 from trainguard.k8s.workqueue import WorkQueue
+from trainguard.sources import DcgmSettings
 
 log = logging.getLogger("trainguard.operator")
 
@@ -115,6 +116,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--cut-timeout", type=_positive, default=2.0, help="seconds for a sensor to confirm a cut, then Delete")
     add("--stop-signal", choices=("STOP", "KILL"), default="STOP", help="what a cut sends the offending processes")
+    dcgm = DcgmSettings()
+    add(
+        "--dcgm-interval",
+        type=_positive,
+        default=dcgm.interval_s,
+        help="seconds between two DCGM queries of one job's Prometheus (default %(default)s)",
+    )
+    add(
+        "--dcgm-max-age",
+        type=_positive,
+        default=dcgm.max_age_s,
+        help="seconds a DCGM query's readings are merged into samples (default %(default)s)",
+    )
+    add("--dcgm-timeout", type=_positive, default=dcgm.timeout_s, help="seconds one DCGM query may take")
     add("--no-guard", action="store_true", help="reconcile only: no sensor streams, no detection, no enforcement")
     add("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -156,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
                 enforcer=EnforcerSettings(
                     sensor_port=args.sensor_port, cut_timeout_s=args.cut_timeout, signal=args.stop_signal
                 ),
+                dcgm=DcgmSettings(
+                    interval_s=args.dcgm_interval, max_age_s=args.dcgm_max_age, timeout_s=args.dcgm_timeout
+                ),
             ),
         )
         guard.start()
@@ -179,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     queues: list[WorkQueue] = []
     queue = WorkQueue(work(reconciler, lambda: queues[0]), workers=args.workers)
     queues.append(queue)
+    if guard is not None:
+        guard.requeue = queue.add
     watch = WatchSettings(
         server_timeout_s=args.watch_server_timeout,
         client_timeout_s=args.watch_client_timeout,

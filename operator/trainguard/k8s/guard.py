@@ -2,6 +2,8 @@
 
     reconcile (worker thread) --sync(atj, pods)--> guard inbox --> detection thread
     collector (its own asyncio loop) --samples--> guard inbox      |  Engine per job: observe, tick, update
+                                                                   |  (each sample merged with the job's DCGM
+    DCGM poller (its own threads) --one query per job per 10 s-->  |   readings first, from the poller's cache)
                                                                    v
                                                  enforcer (thread pool, API calls through trainguard.k8s)
 
@@ -14,6 +16,12 @@ What the engine needs to know comes from the API server, never from samples: the
 selects. Its state is checkpointed into the AgentTrainingJob's `status.detection` (bounded, JSON patch so that
 nothing stale is merged in) and restored from there when the operator starts; a policy edit reaches the engine
 through `Engine.update` at the next sync.
+
+For a job with `spec.monitoring.prometheus`, DCGM's readings of its pods' GPUs (trainguard.sources: one query per
+job per interval, cached with a bound age) are merged into each sample before the engine judges it: DCGM's profile
+over the sensor's (docs/dcgm.md says why). When that Prometheus fails, detection goes on with the sensor's readings;
+the job's Degraded condition says so (the reconcile asks `degraded`), a Warning Event and a log line are posted once
+per outage, and `trainguard_dcgm_unavailable_jobs` counts it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from trainguard.k8s.client import Api, ApiError
 from trainguard.k8s.collector import Collector, CollectorSettings, Target
 from trainguard.k8s.enforcer import Enforcer, EnforcerSettings, Order, retry
 from trainguard.k8s.metrics import OperatorMetrics
+from trainguard.sources import DcgmPoller, DcgmSettings, merge_dcgm, single_mig
 
 log = logging.getLogger("trainguard.guard")
 
@@ -62,6 +71,7 @@ class GuardSettings:
     inbox_size: int = 20000
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     enforcer: EnforcerSettings = field(default_factory=EnforcerSettings)
+    dcgm: DcgmSettings = field(default_factory=DcgmSettings)
 
 
 @dataclass
@@ -101,15 +111,22 @@ class Guard:
         self._dns: tuple[float, frozenset[str]] = (0.0, frozenset())
         self.collector: Collector | None = None
         self._thread = threading.Thread(target=self._loop, name="detection", daemon=True)
+        self.dcgm = DcgmPoller(settings.dcgm, on_change=self._dcgm_changed, on_query=self._dcgm_query)
+        #: The job's AgentTrainingJob as an Event's involvedObject (for the DCGM outage Event).
+        self._objects: dict[Job, dict[str, Any]] = {}
+        #: Queues a reconcile of the job (set by the run command): its Degraded condition follows DCGM's availability.
+        self.requeue: Callable[[Job], None] | None = None
 
     def start(self) -> None:
         self.collector = Collector(self._sample, self._forged, self.settings.collector)
         self._thread.start()
         self._writer_thread.start()
+        self.dcgm.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self.dcgm.stop()
         if self.collector is not None:
             self.collector.stop()
 
@@ -133,6 +150,13 @@ class Guard:
         for applied in [k for k in self._secrets if k[:2] == (namespace, name)]:
             self._secrets.pop(applied, None)
         self._inbox.put(("forget", (namespace, name)))
+
+    def degraded(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        """What weakens this job's guard, as (reason, message) for its Degraded condition (the reconcile asks)."""
+        error = self.dcgm.cache.error((namespace, name))
+        if error is None:
+            return []
+        return [("PrometheusUnreachable", f"DCGM readings not read, detection uses the sensor's alone: {error}")]
 
     def _sample(self, target: Target, sample: Sample, arrived: float) -> None:
         try:
@@ -179,6 +203,9 @@ class Guard:
             _, job, pod, sample, _arrived = item
             state = self._jobs.get(job)
             if state is not None and pod in state.pods:
+                gpus = self.dcgm.cache.readings(job, pod.split("/", 1)[1], time.monotonic())
+                if gpus:
+                    sample = merge_dcgm(sample, gpus, mig=single_mig(sample, gpus))
                 decisions = state.engine.observe(pod, sample)
                 if decisions:
                     self._act(job, state, decisions, sample)
@@ -193,6 +220,8 @@ class Guard:
         elif kind == "forget":
             job = item[1]
             self._jobs.pop(job, None)
+            self.dcgm.cache.forget(job)
+            self._objects.pop(job, None)
             if self.collector is not None:
                 self.collector.forget(job)
 
@@ -265,6 +294,16 @@ class Guard:
         }
         if self.collector is not None:
             self.collector.want(job, targets)
+        prometheus = model.spec.monitoring.prometheus
+        if prometheus is not None:
+            self._objects[job] = {
+                "apiVersion": atj.get("apiVersion"),
+                "kind": atj.get("kind"),
+                "metadata": {"name": job[1], "namespace": job[0], "uid": uid},
+            }
+            self.dcgm.cache.want(job, prometheus.url, job[0], frozenset(p.split("/", 1)[1] for p in names_now))
+        else:
+            self.dcgm.cache.forget(job)
         self.enforcer.resume(job, atj, pods, key, keep)
 
     def _restore(self, atj: Mapping[str, Any], model: v1alpha1.AgentTrainingJob, context: EngineContext) -> Engine:
@@ -288,6 +327,23 @@ class Guard:
                 )[:16]
             self.enforcer.submit(Order(job, d, state.key, state.keep, remotes))
             self._urgent.add(job)
+
+    def _dcgm_query(self, outcome: str, _seconds: float) -> None:
+        self.metrics.dcgm_queries.labels(outcome).inc()
+
+    def _dcgm_changed(self, job: Job, error: str | None) -> None:
+        """A poller thread: the job's Prometheus started failing (error) or is back (None). Once per change: a
+        Warning Event on the job when it starts failing, and a reconcile so that its Degraded condition says so."""
+        self.metrics.dcgm_unavailable.set(self.dcgm.cache.failing())
+        obj = self._objects.get(job)
+        if error is not None and obj is not None:
+            self.enforcer._event(  # the enforcer's Event writer (retries, the trainguard source)
+                obj,
+                "PrometheusUnreachable",
+                f"DCGM readings not read; detection goes on with the sensor's own readings: {error}",
+            )
+        if self.requeue is not None:
+            self.requeue(job)
 
     def _checkpoint_all(self, only: set[Job] | None = None) -> None:
         """Hand the writer thread each job's snapshot when what matters changed (violations, debounce, escalation

@@ -58,6 +58,12 @@ class EnforcementMetrics:
         self.streams = Gauge(m.SENSOR_STREAMS.name, m.SENSOR_STREAMS.help, m.SENSOR_STREAMS.labels, registry=registry)
         for state in m.SENSOR_STREAM_STATES:
             self.streams.labels(state).set(0)
+        self.dcgm_queries = Counter(
+            m.DCGM_QUERIES.name.removesuffix("_total"), m.DCGM_QUERIES.help, m.DCGM_QUERIES.labels, registry=registry
+        )
+        for outcome in m.DCGM_QUERY_OUTCOMES:
+            self.dcgm_queries.labels(outcome)
+        self.dcgm_unavailable = Gauge(m.DCGM_UNAVAILABLE_JOBS.name, m.DCGM_UNAVAILABLE_JOBS.help, registry=registry)
         self.latency = Histogram(
             m.DETECTION_TO_ENFORCEMENT.name,
             m.DETECTION_TO_ENFORCEMENT.help,

@@ -73,6 +73,8 @@ class Observer(Protocol):
 
     def forget(self, namespace: str, name: str) -> None: ...
 
+    def degraded(self, namespace: str, name: str) -> list[tuple[str, str]]: ...
+
 
 class Reconciler:
     """Reconciles AgentTrainingJobs by key; safe to call from several threads for different keys."""
@@ -143,6 +145,10 @@ class Reconciler:
             pods=pods,
             foreign_policies=foreign,
             problem=problem,
+            guard_problems=[
+                status.Problem(reason, message)
+                for reason, message in (self.observer.degraded(namespace, name) if self.observer is not None else [])
+            ],
         )
         current = atj.get("status") or {}
         new = status.compute(current, observed, bool(atj["spec"].get("suspend")), self.clock())

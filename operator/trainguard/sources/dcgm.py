@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,23 @@ def dcgm_query(namespace: str, pod: str) -> str:
     )
 
 
+def dcgm_pods_query(namespace: str, pods: Sequence[str]) -> str:
+    """The PromQL instant query for the DCGM series of several pods of one namespace (one job's pods): one
+    query per job and scrape interval instead of one per pod. ValueError for a name that is not a Kubernetes name."""
+    if not pods:
+        raise ValueError("no pods to ask for")
+    for what, name in (("namespace", namespace), *(("pod", p) for p in pods)):
+        if not _NAME.match(name):
+            raise ValueError(f"{what} {name!r} is not a Kubernetes name")
+    # A name is [a-z0-9.-]: only the dot is special in a regular expression. `\\.` in the PromQL string is `\.`.
+    alternatives = "|".join(p.replace(".", "\\\\.") for p in sorted(set(pods)))
+    names = "|".join(SERIES)
+    return (
+        f'{{__name__=~"{names}",namespace="{namespace}",pod=~"{alternatives}"}}'
+        f' or {{__name__=~"{names}",exported_namespace="{namespace}",exported_pod=~"{alternatives}"}}'
+    )
+
+
 def _key(labels: Mapping[str, str]) -> GpuKey | None:
     uuid = labels.get("UUID") or labels.get("uuid") or ""
     if not uuid:
@@ -105,14 +122,38 @@ def parse_dcgm(body: Any, *, now: float, max_age_s: float) -> dict[GpuKey, DcgmG
     with a value that is not a finite number, is left out; of two series for one GPU and name (two
     exporters), the newer is kept.
     """
+    return _gpus(_vector(body), now=now, max_age_s=max_age_s)
+
+
+def parse_dcgm_pods(body: Any, *, now: float, max_age_s: float) -> dict[str, dict[GpuKey, DcgmGpu]]:
+    """As `parse_dcgm`, grouped by pod name: `exported_pod` where the scrape renamed the exporter's label, else
+    `pod`. Series without either are left out."""
+    result = _vector(body)
+    by_pod: dict[str, list[Any]] = {}
+    for item in result:
+        metric = item.get("metric", {}) if isinstance(item, dict) else {}
+        pod = metric.get("exported_pod") or metric.get("pod") or ""
+        if pod:
+            by_pod.setdefault(str(pod), []).append(item)
+    return {pod: gpus for pod, items in by_pod.items() if (gpus := _gpus(items, now=now, max_age_s=max_age_s))}
+
+
+def _vector(body: Any) -> list[Any]:
     if not isinstance(body, dict) or body.get("status") != "success":
         why = body.get("error", "no status") if isinstance(body, dict) else "not a JSON object"
         raise PrometheusError(f"query failed: {why}")
     data = body.get("data")
     if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
         raise PrometheusError("the answer is not an instant vector")
+    result: list[Any] = data["result"]
+    return result
+
+
+def _gpus(result: list[Any], *, now: float, max_age_s: float) -> dict[GpuKey, DcgmGpu]:
     newest: dict[tuple[GpuKey, str], tuple[float, float]] = {}
-    for item in data["result"]:
+    for item in result:
+        if not isinstance(item, dict):
+            continue
         metric, value = item.get("metric", {}), item.get("value")
         name = metric.get("__name__", "")
         key = _key(metric)
@@ -173,8 +214,31 @@ class DcgmSource:
 
     def read(self, namespace: str, pod: str) -> dict[GpuKey, DcgmGpu]:
         """The pod's GPUs as DCGM sees them; PrometheusError (saying what and where) when Prometheus fails."""
-        query = urllib.parse.urlencode({"query": dcgm_query(namespace, pod)})
-        request = urllib.request.Request(f"{self.url}/api/v1/query?{query}", headers={"Accept": "application/json"})
+        body = self._query(dcgm_query(namespace, pod))
+        try:
+            return parse_dcgm(body, now=self._clock(), max_age_s=self.max_age_s)
+        except PrometheusError as exc:
+            raise PrometheusError(f"Prometheus at {self.url}: {exc}") from exc
+
+    def read_pods(self, namespace: str, pods: Sequence[str]) -> dict[str, dict[GpuKey, DcgmGpu]]:
+        """The GPUs of several pods of one namespace, by pod name, in one query (a POST: a thousand pod names do
+        not fit in a URL). Pods without fresh series are absent. PrometheusError as `read`."""
+        body = self._query(dcgm_pods_query(namespace, pods))
+        try:
+            found = parse_dcgm_pods(body, now=self._clock(), max_age_s=self.max_age_s)
+        except PrometheusError as exc:
+            raise PrometheusError(f"Prometheus at {self.url}: {exc}") from exc
+        wanted = set(pods)
+        return {pod: gpus for pod, gpus in found.items() if pod in wanted}
+
+    def _query(self, query: str) -> Any:
+        form = urllib.parse.urlencode({"query": query}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/query",
+            data=form,
+            headers={"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 raw = answer.read()
@@ -185,13 +249,9 @@ class DcgmSource:
             reason = getattr(exc, "reason", exc)
             raise PrometheusError(f"Prometheus at {self.url}: {reason}") from exc
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except ValueError as exc:
             raise PrometheusError(f"Prometheus at {self.url}: not JSON ({exc})") from exc
-        try:
-            return parse_dcgm(body, now=self._clock(), max_age_s=self.max_age_s)
-        except PrometheusError as exc:
-            raise PrometheusError(f"Prometheus at {self.url}: {exc}") from exc
 
 
 def _merged_gpu(g: GpuSample, d: DcgmGpu) -> GpuSample:
@@ -230,3 +290,14 @@ def merge_dcgm(sample: Sample, gpus: Mapping[GpuKey, DcgmGpu], mig: Mapping[str,
             merged.append(_merged_gpu(g, d))
             changed = True
     return sample.model_copy(update={"gpus": merged}) if changed else sample
+
+
+def single_mig(sample: Sample, gpus: Mapping[GpuKey, DcgmGpu]) -> dict[str, GpuKey]:
+    """The MIG map `merge_dcgm` needs, where it is unambiguous without the node's MIG layout: the sample has
+    exactly one MIG instance (a `MIG-...` UUID) and DCGM exactly one for the pod (dcgm-exporter's pod label says
+    the instance is allocated to this pod). Otherwise empty: the instances stay unmatched rather than guessed."""
+    migs = [g.uuid for g in sample.gpus if g.uuid.startswith("MIG-")]
+    instances = [k for k in gpus if k.gpu_instance is not None]
+    if len(migs) == 1 and len(instances) == 1:
+        return {migs[0]: instances[0]}
+    return {}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from trainguard.api.sample import Sample
-from trainguard.sources import DcgmSource, GpuKey, PrometheusError, merge_dcgm
-from trainguard.sources.dcgm import SERIES, dcgm_query, parse_dcgm
+from trainguard.sources import DcgmSource, GpuKey, PrometheusError, merge_dcgm, single_mig
+from trainguard.sources.dcgm import SERIES, dcgm_pods_query, dcgm_query, parse_dcgm, parse_dcgm_pods
 
 NOW = 1000.0
 
@@ -79,3 +79,48 @@ def test_merge_leaves_a_sample_without_dcgm_untouched() -> None:
     s = Sample.model_validate({"ts": 1, "pod": "a/b", "seq": 1, "gpus": [{"index": 0, "uuid": "GPU-a"}]})
     assert merge_dcgm(s, {}) is s
     assert merge_dcgm(s, parse_dcgm(answer(), now=NOW, max_age_s=30)) is s
+
+
+def test_the_pods_query_names_each_pod_exactly_once_escaping_dots() -> None:
+    q = dcgm_pods_query("agents", ["w-1", "w.0", "w-1"])
+    assert 'namespace="agents",pod=~"w-1|w\\\\.0"' in q
+    assert 'exported_namespace="agents",exported_pod=~"w-1|w\\\\.0"' in q
+    for bad in (["ok", 'x"}'], [".*"], []):
+        with pytest.raises(ValueError, match=r"not a Kubernetes name|no pods"):
+            dcgm_pods_query("agents", bad)
+
+
+def test_an_answer_for_several_pods_is_grouped_by_the_workloads_pod_label() -> None:
+    tensor = "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
+    by_pod = parse_dcgm_pods(
+        answer(
+            (m(tensor, "GPU-a", namespace="agents", pod="w-0"), NOW, "0.5"),
+            # Scraped without honor_labels: `pod` is the exporter's own, `exported_pod` the workload's.
+            (m(tensor, "GPU-b", pod="dcgm-exporter-x", exported_pod="w-1"), NOW, "0.25"),
+            (m(tensor, "GPU-c"), NOW, "0.1"),  # no pod label: nobody's
+            (m(tensor, "GPU-d", pod="w-2"), NOW - 100, "0.1"),  # stale: w-2 has nothing
+        ),
+        now=NOW,
+        max_age_s=30,
+    )
+    assert set(by_pod) == {"w-0", "w-1"}
+    assert by_pod["w-0"][GpuKey("GPU-a")].profile.tensor_active == 0.5
+    assert by_pod["w-1"][GpuKey("GPU-b")].profile.tensor_active == 0.25
+
+
+def test_a_single_mig_instance_is_matched_only_when_unambiguous() -> None:
+    one = parse_dcgm(answer((m("DCGM_FI_PROF_SM_ACTIVE", "GPU-p", GPU_I_ID="3"), NOW, "0.8")), now=NOW, max_age_s=30)
+    two = parse_dcgm(
+        answer(
+            (m("DCGM_FI_PROF_SM_ACTIVE", "GPU-p", GPU_I_ID="3"), NOW, "0.8"),
+            (m("DCGM_FI_PROF_SM_ACTIVE", "GPU-p", GPU_I_ID="5"), NOW, "0.1"),
+        ),
+        now=NOW,
+        max_age_s=30,
+    )
+    s = Sample.model_validate({"ts": 1.0, "pod": "a/b", "seq": 1, "gpus": [{"index": 0, "uuid": "MIG-x"}]})
+    assert single_mig(s, one) == {"MIG-x": GpuKey("GPU-p", 3)}
+    merged = merge_dcgm(s, one, mig=single_mig(s, one))
+    assert merged.gpus[0].profile is not None and merged.gpus[0].profile.sm_active == 0.8
+    assert single_mig(s, two) == {}  # which of two instances is this one: not guessed
+    assert merge_dcgm(s, two, mig=single_mig(s, two)) is s
