@@ -48,6 +48,8 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount",
@@ -56,7 +58,9 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
         ]
     )
     for doc in docs:
-        if doc["kind"] not in CLUSTER_SCOPED:
+        if doc["kind"] in {"Role", "RoleBinding"}:  # the cluster DNS Service's, the one grant in kube-system
+            assert doc["metadata"]["namespace"] == "kube-system", doc["kind"]
+        elif doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == "trainguard-system", doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "trainguard"
 
@@ -268,6 +272,29 @@ def test_rbac_grants_only_what_the_issues_need() -> None:
     }
 
 
+def test_the_dns_service_is_the_one_thing_read_in_kube_system() -> None:
+    docs = template()
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"] == {**role["metadata"], "name": "tg-trainguard-dns", "namespace": "kube-system"}
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["services"], "resourceNames": ["kube-dns"], "verbs": ["get"]}
+    ]
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kube-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tg-trainguard-dns"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}]
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--dns-ip")]
+
+
+def test_dns_ips_replace_the_kube_system_grant() -> None:
+    docs = template({"operator.dnsIPs": "{10.96.0.10,fd00::a}"})
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--dns-ip")] == ["--dns-ip=10.96.0.10", "--dns-ip=fd00::a"]
+    assert "does not match pattern" in template_error({"operator.dnsIPs": "{kube-dns.kube-system}"})
+
+
 def test_every_rbac_rule_says_why() -> None:
     lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
     for i, line in enumerate(lines):
@@ -278,9 +305,9 @@ def test_every_rbac_rule_says_why() -> None:
 def test_watch_namespaces_gives_roles_there_and_flags() -> None:
     docs = template({"operator.watchNamespaces": "{ml,research}"})
     roles = by_kind(docs, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["kube-system", "ml", "research"]
     bindings = by_kind(docs, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "research"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["kube-system", "ml", "research"]
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}]
     cluster = one(docs, "ClusterRole")
