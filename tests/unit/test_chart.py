@@ -258,15 +258,15 @@ def test_rbac_grants_only_what_the_issues_need() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
     assert grants == {
-        ("", "namespaces"): {"list", "watch"},
+        ("", "namespaces"): {"list"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("trainguard.io", "agenttrainingjobs"): {"get", "list", "watch", "patch"},
         ("trainguard.io", "agenttrainingjobs/status"): {"patch"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list", "watch", "patch", "delete"},
         ("", "pods/status"): {"patch"},
-        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-        ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
+        ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch", "update", "delete"},
+        ("", "serviceaccounts"): {"list", "watch", "create", "patch"},
         ("", "secrets"): {"create", "patch"},
         ("", "events"): {"create"},
     }
@@ -282,7 +282,8 @@ def test_the_dns_service_is_the_one_thing_read_in_kube_system() -> None:
     (binding,) = by_kind(docs, "RoleBinding")
     assert binding["metadata"]["namespace"] == "kube-system"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tg-trainguard-dns"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}]
+    sa = {"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}
+    assert binding["subjects"] == [sa]
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert not [a for a in container["args"] if a.startswith("--dns-ip")]
 
@@ -312,6 +313,8 @@ def test_watch_namespaces_gives_roles_there_and_flags() -> None:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}]
     cluster = one(docs, "ClusterRole")
     assert {r for rule in cluster["rules"] for r in rule["resources"]} == {"namespaces", "customresourcedefinitions"}
+    # kopf lists and watches namespaces only when it runs namespaced.
+    assert next(rule["verbs"] for rule in cluster["rules"] if rule["resources"] == ["namespaces"]) == ["list", "watch"]
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--namespace=ml" in container["args"] and "--namespace=research" in container["args"]
 
