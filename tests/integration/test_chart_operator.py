@@ -299,14 +299,18 @@ def test_the_operator_with_only_the_charts_token_quarantines_and_uses_what_the_c
         "install", RELEASE, str(chart.CHART), "--namespace", OPERATOR_NS, "--create-namespace", "--take-ownership",
         *chart.set_args(values), env=cluster.env(),
     )
+    offset = audit_log.stat().st_size if audit_log.exists() else 0  # the previous case's calls are not this one's
     try:
-        docs, calls, log = _run(cluster, audit_log, ns, tmp_path)
+        docs, log = _run(cluster, ns, tmp_path)
+    except AssertionError as error:
+        # A missing end state is most often a refused call: name it.
+        raise AssertionError(f"{error}\n{forbidden_by_the_chart(audited_calls(audit_log, offset))}") from error
     finally:
         chart.helm("uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", env=cluster.env())
+    calls = audited_calls(audit_log, offset)
 
     assert any(c.verb == "watch" and c.resource == "agenttrainingjobs" for c in calls), "no watch of the operator's"
-    forbidden = sorted({str(c) for c in calls if c.code == 403})
-    assert not forbidden, "the chart's RBAC forbade the operator:\n  " + "\n  ".join(forbidden)
+    assert not any(c.code == 403 for c in calls), forbidden_by_the_chart(calls)
     refusals = [m for m in messages(log) if re.search(r"\b403\b|forbidden", m, re.IGNORECASE)]
     assert not refusals, "the operator's log shows a refusal:\n" + "\n".join(refusals[:10])
 
@@ -328,11 +332,14 @@ def test_the_operator_with_only_the_charts_token_quarantines_and_uses_what_the_c
     assert not stale, f"UNREACHED lists grants this run used: {stale}"
 
 
-def _run(
-    cluster: KwokCluster, audit_log: Path, ns: str, tmp_path: Path
-) -> tuple[list[dict[str, Any]], list[Call], str]:
-    """Run the operator as the installed chart's Deployment would, drive a job in `ns`; return the release's
-    manifests, the operator's calls from the audit log and its log."""
+def forbidden_by_the_chart(calls: list[Call]) -> str:
+    refused = sorted({str(c) for c in calls if c.code == 403})
+    return "the chart's RBAC forbade the operator:\n  " + "\n  ".join(refused) if refused else "no call was refused"
+
+
+def _run(cluster: KwokCluster, ns: str, tmp_path: Path) -> tuple[list[dict[str, Any]], str]:
+    """Run the operator as the installed chart's Deployment would and drive a job in `ns`; return the release's
+    manifests and the operator's log."""
     manifest = chart.helm("get", "manifest", RELEASE, "-n", OPERATOR_NS, env=cluster.env()).stdout
     docs = [d for d in yaml.safe_load_all(manifest) if d]
     (deployment,) = chart.by_kind(docs, "Deployment")
@@ -350,7 +357,6 @@ def _run(
     kubeconfig = token_kubeconfig(cluster, tmp_path / "kubeconfig")
     port = free_port()
     command = operator_command(container, kubeconfig, master_file, port)
-    offset = audit_log.stat().st_size if audit_log.exists() else 0  # the previous case's calls are not this one's
     player = Player(port=sensor_port)
     try:
         with operator(command, tmp_path / "operator.log", port) as running:
@@ -367,7 +373,7 @@ def _run(
         player.stop()
     log = (tmp_path / "operator.log").read_text()
     assert messages(log), f"the operator logged nothing as JSON:\n{log[-2000:]}"
-    return docs, audited_calls(audit_log, offset), log
+    return docs, log
 
 
 def _established(cluster: KwokCluster) -> bool:
