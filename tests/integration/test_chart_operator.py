@@ -2,9 +2,10 @@
 `operator.replicas=0` on a control plane of its own that writes an audit log for that ServiceAccount alone; the
 operator runs as a local process with the Deployment's own arguments and a kubeconfig that holds nothing but a
 TokenRequest token for the ServiceAccount, and drives an AgentTrainingJob on KWOK nodes (sensors played on the pods'
-127.x addresses) from start to quarantine, and on to Delete for a pod whose cut is not confirmed. Every call the
-chart's RBAC forbids fails the test, named from the audit log; every permission the chart grants that the run never
-used is printed, and fails the test unless UNREACHED says why this run cannot use it.
+127.x addresses) from start to quarantine, and on to Delete for a pod whose cut is not confirmed, then through drift
+repair, a stale policy and a replaced Job. Both RBAC modes: cluster-wide and `operator.watchNamespaces`. Every call
+the chart's RBAC forbids fails the test, named from the audit log; every permission the chart grants that the run
+never used is printed, and fails the test unless UNREACHED says why this run cannot use it.
 """
 
 from __future__ import annotations
