@@ -8,7 +8,7 @@
 // Usage:
 //
 //	controlplane run --data-dir DIR [--apiserver-port N] [--etcd-port N]
-//	                 [--cluster-cidr CIDR] [--node-cidr-mask-size N]
+//	                 [--cluster-cidr CIDR] [--node-cidr-mask-size N] [--audit-policy FILE]
 //	controlplane apiserver [kube-apiserver flags]          (started by run)
 //	controlplane controller-manager [kube-controller-manager flags] (started by run)
 //	controlplane scheduler [kube-scheduler flags]          (started by run)
@@ -19,7 +19,10 @@
 // register global metrics, so they cannot share a process). It writes an admin
 // kubeconfig into the data directory, prints its path and then "ready" once
 // /readyz answers and the controller-manager has made the default
-// ServiceAccount. SIGTERM or SIGINT stops the children, then etcd.
+// ServiceAccount. SIGTERM or SIGINT stops the children, then etcd. With
+// --audit-policy, the apiserver writes the audit events that policy selects to
+// <data-dir>/logs/audit.log (JSON lines; the chart's RBAC test reads which calls
+// the operator made).
 package main
 
 import (
@@ -129,7 +132,7 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: controlplane run --data-dir DIR [--apiserver-port N] [--etcd-port N]"+
-		" [--cluster-cidr CIDR] [--node-cidr-mask-size N] | version")
+		" [--cluster-cidr CIDR] [--node-cidr-mask-size N] [--audit-policy FILE] | version")
 	os.Exit(2)
 }
 
@@ -144,6 +147,7 @@ type plane struct {
 	kubeconfig    string
 	clusterCIDR   string
 	nodeMaskSize  int
+	auditPolicy   string   // kube-apiserver --audit-policy-file; "" for no audit log
 	lock          *os.File // flock on the data directory, held while running
 	children      []*exec.Cmd
 	exited        chan childExit
@@ -162,6 +166,8 @@ func run(args []string) error {
 	clusterCIDR := fs.String("cluster-cidr", "127.128.0.0/9",
 		"pod addresses: node-ipam gives each node one subnet of it (the default puts KWOK pods on loopback addresses)")
 	nodeMaskSize := fs.Int("node-cidr-mask-size", 16, "prefix length of each node's podCIDR")
+	auditPolicy := fs.String("audit-policy", "",
+		"kube-apiserver audit policy file; the events it selects go to <data-dir>/logs/audit.log (default: no audit)")
 	readyTimeout := fs.Duration("ready-timeout", 90*time.Second, "how long to wait for the control plane to become ready")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -171,6 +177,14 @@ func run(args []string) error {
 	}
 	p := &plane{exited: make(chan childExit, 3), clusterCIDR: *clusterCIDR, nodeMaskSize: *nodeMaskSize}
 	var err error
+	if *auditPolicy != "" {
+		if p.auditPolicy, err = filepath.Abs(*auditPolicy); err != nil {
+			return err
+		}
+		if _, err := os.Stat(p.auditPolicy); err != nil {
+			return fmt.Errorf("--audit-policy: %w", err)
+		}
+	}
 	if err := checkClusterCIDR(p.clusterCIDR, p.nodeMaskSize); err != nil {
 		return err
 	}
@@ -461,7 +475,7 @@ func (p *plane) startEtcd() (*embed.Etcd, error) {
 }
 
 func (p *plane) apiserverArgs() []string {
-	return []string{
+	args := []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", p.apiserverPort),
@@ -488,6 +502,18 @@ func (p *plane) apiserverArgs() []string {
 		"--profiling=false",
 		"--v=1",
 	}
+	if p.auditPolicy != "" {
+		// Blocking mode: each event is written before the request returns, so
+		// that a test reads every call made so far.
+		args = append(args,
+			"--audit-policy-file="+p.auditPolicy,
+			"--audit-log-path="+filepath.Join(p.logDir, "audit.log"),
+			"--audit-log-format=json",
+			"--audit-log-mode=blocking",
+			"--audit-log-maxbackup=0",
+		)
+	}
+	return args
 }
 
 func (p *plane) controllerManagerArgs() []string {

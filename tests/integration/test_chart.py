@@ -3,9 +3,8 @@ prometheus-operator CRDs installed, so ServiceMonitor, PodMonitor and Prometheus
 schemas), `helm install` and `helm uninstall` work, the CRD is kept, the admission policy refuses what it must, and
 the operator's ServiceAccount token may do what the chart grants and nothing it does not.
 
-The last part of issue 15's test (the operator, run as a local process with only this token, reconciling an
-AgentTrainingJob to quarantine, and listing unused grants) needs the operator and enforcement code: see
-docs/sessions/2026-12-01-chart.md.
+The operator itself, run with only this token from start to quarantine, each of its calls checked against the
+chart's grants in the API server's audit log: test_chart_operator.py.
 """
 
 from __future__ import annotations
@@ -213,6 +212,10 @@ DENIED = [
     ("get", "", "secrets", "*"),
     ("list", "", "secrets", "*"),
     ("delete", "", "serviceaccounts", "*"),
+    ("get", "", "serviceaccounts", "*"),
+    ("get", "networking.k8s.io", "networkpolicies", "*"),
+    ("watch", "", "namespaces", None),
+    ("list", "", "services", "kube-system"),
     ("update", "", "pods", "*"),
     ("delete", "trainguard.io", "agenttrainingjobs", "*"),
     ("create", "rbac.authorization.k8s.io", "clusterroles", None),

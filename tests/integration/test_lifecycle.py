@@ -84,3 +84,11 @@ def test_bad_pod_range_is_a_clear_error_before_anything_starts(
     assert result.returncode == 1
     assert message in result.stderr, result.stderr
     assert not (tmp_path / "data").exists(), "it created the data directory before refusing"
+
+
+def test_a_missing_audit_policy_is_a_clear_error_before_anything_starts(control_plane: Cluster, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = _run("--data-dir", str(tmp_path / "data"), "--audit-policy", str(missing))
+    assert result.returncode == 1
+    assert f"--audit-policy: stat {missing}: no such file or directory" in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists(), "it created the data directory before refusing"

@@ -48,6 +48,8 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount",
@@ -56,7 +58,9 @@ def test_defaults_render_the_operator_and_its_guard_rails() -> None:
         ]
     )
     for doc in docs:
-        if doc["kind"] not in CLUSTER_SCOPED:
+        if doc["kind"] in {"Role", "RoleBinding"}:  # the cluster DNS Service's, the one grant in kube-system
+            assert doc["metadata"]["namespace"] == "kube-system", doc["kind"]
+        elif doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == "trainguard-system", doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "trainguard"
 
@@ -254,18 +258,42 @@ def test_rbac_grants_only_what_the_issues_need() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
     assert grants == {
-        ("", "namespaces"): {"list", "watch"},
+        ("", "namespaces"): {"list"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("trainguard.io", "agenttrainingjobs"): {"get", "list", "watch", "patch"},
         ("trainguard.io", "agenttrainingjobs/status"): {"patch"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list", "watch", "patch", "delete"},
         ("", "pods/status"): {"patch"},
-        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-        ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
+        ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch", "update", "delete"},
+        ("", "serviceaccounts"): {"list", "watch", "create", "patch"},
         ("", "secrets"): {"create", "patch"},
         ("", "events"): {"create"},
     }
+
+
+def test_the_dns_service_is_the_one_thing_read_in_kube_system() -> None:
+    docs = template()
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"] == {**role["metadata"], "name": "tg-trainguard-dns", "namespace": "kube-system"}
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["services"], "resourceNames": ["kube-dns"], "verbs": ["get"]}
+    ]
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kube-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tg-trainguard-dns"}
+    sa = {"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}
+    assert binding["subjects"] == [sa]
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--dns-ip")]
+
+
+def test_dns_ips_replace_the_kube_system_grant() -> None:
+    docs = template({"operator.dnsIPs": "{10.96.0.10,fd00::a}"})
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--dns-ip")] == ["--dns-ip=10.96.0.10", "--dns-ip=fd00::a"]
+    assert "does not match pattern" in template_error({"operator.dnsIPs": "{kube-dns.kube-system}"})
 
 
 def test_every_rbac_rule_says_why() -> None:
@@ -278,13 +306,15 @@ def test_every_rbac_rule_says_why() -> None:
 def test_watch_namespaces_gives_roles_there_and_flags() -> None:
     docs = template({"operator.watchNamespaces": "{ml,research}"})
     roles = by_kind(docs, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["kube-system", "ml", "research"]
     bindings = by_kind(docs, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "research"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["kube-system", "ml", "research"]
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tg-trainguard", "namespace": "trainguard-system"}]
     cluster = one(docs, "ClusterRole")
     assert {r for rule in cluster["rules"] for r in rule["resources"]} == {"namespaces", "customresourcedefinitions"}
+    # kopf lists and watches namespaces only when it runs namespaced.
+    assert next(rule["verbs"] for rule in cluster["rules"] if rule["resources"] == ["namespaces"]) == ["list", "watch"]
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--namespace=ml" in container["args"] and "--namespace=research" in container["args"]
 
