@@ -325,9 +325,33 @@ def test_the_operators_networkpolicy_admits_only_what_it_needs() -> None:
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     ports = sorted((p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"])
-    assert ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (6443, "TCP"), (9400, "TCP")]
+    assert ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (6443, "TCP"), (9090, "TCP"), (9400, "TCP")]
     sensors = next(r for r in policy["egress"] if r["ports"] == [{"port": 9400, "protocol": "TCP"}])
     assert sensors["to"][0]["podSelector"]["matchExpressions"] == [{"key": "trainguard.io/job", "operator": "Exists"}]
+    # The Prometheus servers that jobs name for DCGM series (without it every such job would be Degraded).
+    prometheus = next(r for r in policy["egress"] if r["ports"] == [{"port": 9090, "protocol": "TCP"}])
+    assert prometheus["to"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
+
+
+def test_networkpolicy_prometheus_egress_can_be_narrowed_or_dropped() -> None:
+    narrowed = one(
+        template(
+            extra=[
+                "--set-json",
+                'networkPolicy.prometheus.to=[{"ipBlock":{"cidr":"10.1.2.3/32"}}]',
+                "--set-json",
+                "networkPolicy.prometheus.ports=[9091]",
+            ]
+        ),
+        "NetworkPolicy",
+    )["spec"]
+    assert {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 9091, "protocol": "TCP"}]} in narrowed[
+        "egress"
+    ]
+    dropped = one(template(extra=["--set-json", "networkPolicy.prometheus.to=[]"]), "NetworkPolicy")["spec"]
+    assert all(p["port"] != 9090 for rule in dropped["egress"] for p in rule["ports"])
 
 
 def test_networkpolicy_metrics_from_narrows_the_scrapers() -> None:
