@@ -258,13 +258,12 @@ while True:
     world.outside.signal(peer, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (found by this red team): a client bound with SO_REUSEPORT to a port a wildcard listener holds "
-    "looks inbound (the listener accepts on every address), so its egress to a port that is neither SSH nor a "
-    "pool is never judged; sock_diag does not say which sockets were accepted (docs/threat-model.md)",
-)
 def test_a_client_sharing_the_rendezvous_port_to_a_c2_port_is_undeclared_egress(world: World, judge: Judge) -> None:
+    """A client bound (SO_REUSEPORT) to the wildcard rendezvous listener's port 29500, as torch's TCPStore
+    binds it, talking to a C2 on 8443 (neither SSH nor a pool): it is on the listener, so the second
+    engine took it for inbound and never judged it. Inbound now also needs a client's (ephemeral) source
+    port at the far end; 8443 is a server's. The twin (the peer pod connecting in, judged inbound) is
+    in the test above."""
     c2 = world.pod.python(
         f"""
 import socket, time

@@ -163,6 +163,35 @@ def test_a_client_sharing_a_listeners_port_is_not_inbound() -> None:
     assert ("net.egress.undeclared", "192.0.2.77:3333") in new(out)
 
 
+def test_a_client_sharing_a_wildcard_listeners_port_to_a_c2_is_egress() -> None:
+    """Second engine: a client bound (SO_REUSEPORT) to a wildcard listener's port looked inbound (the
+    listener accepts on every address), so its egress to a C2 on a port that is neither SSH nor a pool
+    was never judged. The real sockets: the kernel lists the client exactly as it lists an accepted
+    connection (local 10.244.1.10:29500), so direction is read from the far end's port: 8443 is a
+    server's, not a client's ephemeral source port. A peer connecting in from an ephemeral port stays
+    inbound (and is allowed: the listener is declared)."""
+    real = netns.in_netns(
+        """
+        import socket, time
+        c2 = socket.socket(); c2.bind(("192.0.2.10", 8443)); c2.listen()
+        srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        srv.bind(("0.0.0.0", 29500)); srv.listen()
+        c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        c.bind(("10.244.1.10", 29500)); c.connect(("192.0.2.10", 8443))
+        c.sendall(b"beacon")
+        peer = socket.socket(); peer.bind(("192.0.2.77", 0)); peer.connect(("10.244.1.10", 29500))
+        accepted, _ = srv.accept()
+        time.sleep(0.05)
+        """
+    )
+    on_29500 = [c for c in real["connections"] if c["local"]["port"] == 29500]
+    assert sorted(c["remote"]["address"] for c in on_29500) == ["192.0.2.10", "192.0.2.77"]
+    assert {c["local"]["address"] for c in on_29500} == {POD_IP}  # the client and the accepted one alike
+    found = new(run([sample(t=i, **real) for i in range(3)]))  # the training policy: 29500 declared
+    assert ("net.egress.undeclared", "192.0.2.10:8443") in found
+    assert [i for _, i in found if i.startswith("192.0.2.77:")] == []  # the peer connecting in
+
+
 def run_new_debounced(sections: dict[str, list[dict[str, Any]]]) -> set[tuple[str, str]]:
     return new(run([sample(t=i, **sections) for i in range(3)]))
 
