@@ -606,12 +606,12 @@ def test_a_deleted_executable_matches_no_allow_list(world: World, judge: Judge) 
 # --- the sensor's health ----------------------------------------------------------------------------------------------
 
 
-def test_a_miner_hidden_past_the_process_cap_is_sensor_degraded(world: World, judge: Judge) -> None:
+def test_a_miner_hidden_past_the_process_cap_is_sensor_capped(world: World, judge: Judge) -> None:
     """The sensor reports at most --max-processes processes, the lowest pids: a workload that spawns
     decoys first pushes a later miner out of the sample. A second real sensor with a small cap (16)
     shows it: the miner is absent, the cap is a `process_cap` error, and the engine raises
-    `sensor.degraded process_cap`. (Medium and debounced: the miner's Critical becomes a Medium; see
-    docs/threat-model.md.)"""
+    `sensor.capped process_cap`, Critical like the miner it hides (the second engine raised only
+    `sensor.degraded`, Medium: under a Quarantine-on-Critical ladder an Alert; docs/threat-model.md)."""
     miner_exe = world.work / "cap" / "xmrig"
     miner_exe.parent.mkdir()
     shutil.copy("/usr/bin/sleep", miner_exe)
@@ -625,7 +625,8 @@ def test_a_miner_hidden_past_the_process_cap_is_sensor_degraded(world: World, ju
         "--max-processes", "16", "--record", str(record),
     )  # fmt: skip
     try:
-        v = capped.until("sensor.degraded", lambda: next(iter(verdicts.new("sensor.degraded")), None), timeout=40)
+        v = capped.until("sensor.capped", lambda: next(iter(verdicts.new("sensor.capped")), None), timeout=40)
+        assert v.severity == "Critical"
         assert v.identity == "process_cap"
         assert all(miner not in {p.pid for p in s.processes} for s in capped.samples)  # hidden from this sensor
         assert verdicts.new("process.denied") == []

@@ -273,20 +273,64 @@ def test_a_steady_sensor_with_jitter_is_no_gap() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "degraded"),
+    ("kind", "rule"),
     [
-        ("process_cap", True),
-        ("connection_cap", True),
-        ("net_fallback", True),
-        ("proc_permission", True),
-        ("fd_cap", True),
-        ("gpu_unsupported", False),
-        ("attribution", False),
+        ("process_cap", "sensor.capped"),
+        ("connection_cap", "sensor.capped"),
+        ("fd_cap", "sensor.capped"),
+        ("net_fallback", "sensor.degraded"),
+        ("proc_permission", "sensor.degraded"),
+        ("gpu_unsupported", None),
+        ("attribution", None),
     ],
 )
-def test_sensor_errors_that_hide_part_of_the_pod_are_sensor_degraded(kind: str, degraded: bool) -> None:
+def test_sensor_errors_that_hide_part_of_the_pod_are_sensor_degraded_or_capped(kind: str, rule: str | None) -> None:
     samples = [sample(t=i, errors=[{"kind": kind, "message": "x"}]) for i in range(3)]
-    assert (("sensor.degraded", kind) in new(run(samples))) is degraded
+    found = new(run(samples))
+    assert {r for r, i in found if i == kind} == ({rule} if rule else set())
+
+
+def test_hiding_past_a_cap_costs_what_it_hides() -> None:
+    """Second engine: decoys pushed a miner past the sensor's process cap; all the engine saw was
+    `sensor.degraded` (Medium), so under a Quarantine-on-Critical ladder the hidden miner's Critical
+    became an Alert. A cap hit is the workload's doing: `sensor.capped`, Critical by default (debounced:
+    one sample past a cap is not enough), and `monitoring.sensorCapSeverity` sets it per job."""
+    ladder = policy(
+        **{
+            **TRAINING,
+            "enforcement": {
+                "action": "Alert",
+                "debounce": {"samples": 3},
+                "escalation": [{"action": "Quarantine", "minSeverity": "Critical"}],
+            },
+        }
+    )
+    capped = [sample(t=i, errors=[{"kind": "process_cap", "message": "4096 processes; 17 left out"}]) for i in range(3)]
+    decisions = [d for d in run(capped, ladder) if d.kind == "new"]
+    assert [(d.violation.rule, d.violation.severity, d.action) for d in decisions] == [
+        ("sensor.capped", "Critical", "Quarantine")
+    ]
+    assert [d.violation.pod for d in decisions] == [POD]
+    assert run(capped[:2], ladder) == []  # debounced
+    lowered = run(capped, ladder, monitoring=Monitoring(sensorCapSeverity="High"))
+    assert [(d.violation.severity, d.action) for d in lowered if d.kind == "new"] == [("High", "Alert")]
+
+
+def test_a_new_cap_severity_applies_to_a_standing_violation() -> None:
+    """`Engine.update(monitoring=...)` re-judges a standing sensor.capped under its new severity."""
+    ladder = policy(
+        **{**TRAINING, "enforcement": {"escalation": [{"action": "Quarantine", "minSeverity": "Critical"}]}}
+    )
+    clock = ManualClock(T0)
+    engine = Engine(ladder, CTX, clock, Monitoring(sensorCapSeverity="High"))
+    for i in range(3):
+        s = sample(t=i, errors=[{"kind": "connection_cap", "message": "x"}])
+        clock.set(s.ts)
+        engine.observe(POD, s)
+    [standing] = engine.standing()
+    assert (standing.rule, standing.severity) == ("sensor.capped", "High")
+    [updated] = engine.update(monitoring=Monitoring())
+    assert (updated.kind, updated.violation.severity, updated.action) == ("updated", "Critical", "Quarantine")
 
 
 def test_gpu_unavailable_counts_only_for_a_pod_that_had_gpus() -> None:
