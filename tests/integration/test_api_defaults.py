@@ -32,6 +32,7 @@ def test_server_defaults_equal_model_defaults(cluster: Cluster, namespace: str) 
         "sensorSilenceSeconds": 10,
         "sensorGapToleranceSeconds": 10,
         "sensorGapWindowSeconds": 60,
+        "sensorCapSeverity": "Critical",
     }
     from_server = parse_agent_training_job(stored)
     assert from_server.spec == parse_agent_training_job(body).spec

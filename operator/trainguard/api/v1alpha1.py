@@ -471,6 +471,14 @@ class Monitoring(ApiModel):
     sensor_gap_window_seconds: int = Field(
         default=60, ge=2, le=86400, description="The window, in seconds, over which gaps between samples add up."
     )
+    sensor_cap_severity: Severity = Field(
+        default="Critical",
+        description=(
+            "Severity of sensor.capped: a sample past one of the sensor's caps (processes, sockets, fd links), "
+            "which hides whatever the pod holds past it. Critical by default, so that hiding costs no less than "
+            "what it hides; lower it for a job that legitimately holds thousands of sockets (TIME_WAIT counts)."
+        ),
+    )
     prometheus: PrometheusSource | None = Field(
         default=None, description="Where to read DCGM metrics; unset uses only the sensor."
     )

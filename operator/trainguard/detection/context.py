@@ -128,7 +128,8 @@ class EngineContext:
     sensor_port: int = 9400
     #: Listeners on these ports (inclusive range) are not flagged: the kernel's ephemeral range, where
     #: NCCL, Gloo and torch elastic bind their bootstrap sockets to port 0. None flags them too. A
-    #: connection that looks inbound has its remote port judged by `net.tunnel` only outside it.
+    #: connection on a listener is inbound only when its remote port is in it (a connecting client's
+    #: source port; rules/network.py); with None no connection is inbound.
     ephemeral_ports: tuple[int, int] | None = (32768, 60999)
     #: Destination ports that `net.tunnel` treats as miner pools.
     miner_pool_ports: frozenset[int] = MINER_POOL_PORTS

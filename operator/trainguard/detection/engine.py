@@ -38,12 +38,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from trainguard.api.sample import Sample
-from trainguard.api.v1alpha1 import Action, Monitoring, Policy
+from trainguard.api.v1alpha1 import Action, Monitoring, Policy, Severity
 from trainguard.detection.context import EngineContext
 from trainguard.detection.escalation import Standing, choose_action
 from trainguard.detection.policy import CompiledPolicy
 from trainguard.detection.rules import CHAIN, RULES, Rule, RuleInput
-from trainguard.detection.rules.sensor import SENSOR_SILENT, sensor_identity, sensor_silent
+from trainguard.detection.rules.sensor import SENSOR_CAPPED, SENSOR_SILENT, sensor_identity, sensor_silent
 from trainguard.detection.state import EngineState, PodState, TrackState
 from trainguard.detection.violation import Decision, DecisionKind, Evidence, Finding, Violation
 from trainguard.detection.window import Window
@@ -127,6 +127,8 @@ class Engine:
         self._dry_run = enforcement.dry_run
         self._deb_samples = enforcement.debounce.samples
         self._deb_seconds = enforcement.debounce.seconds
+        #: Severities the job's monitoring sets, by rule (else the rule's own).
+        self._severities: dict[str, Severity] = {SENSOR_CAPPED: self.monitoring.sensor_cap_severity}
 
     # --- the API -------------------------------------------------------------------------------
 
@@ -415,7 +417,7 @@ class Engine:
                 persisted_seconds=now - track.first_seen,
                 occurrences=self._occurrences,
                 distinct_rules=len(self._distinct),
-                severity=track.rule.severity,
+                severity=self._severities.get(track.rule.name, track.rule.severity),
             ),
         )
 
@@ -437,7 +439,7 @@ class Engine:
     def _violation(self, pod: str, t: _Track) -> Violation:
         return Violation(
             rule=t.rule.name,
-            severity=t.rule.severity,
+            severity=self._severities.get(t.rule.name, t.rule.severity),
             pod=pod,
             identity=t.identity,
             first_seen=t.first_seen,

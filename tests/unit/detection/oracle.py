@@ -76,7 +76,8 @@ def findings(s: dict[str, Any], pol: dict[str, Any], ctx: dict[str, Any], prev_s
             continue
         shown = c["remote"]["address"] if ra is None else (f"[{ra}]" if ra.version == 6 else str(ra))
         ident = f"{shown}:{port}"
-        inbound = looks_inbound(c, s.get("listening", []))
+        # Inbound: on a listener, from a client's (ephemeral) source port.
+        inbound = looks_inbound(c, s.get("listening", [])) and port in EPHEMERAL
         # net.egress.undeclared
         if c["state"] != "SYN_SENT" and not inbound:
             ok = ra is not None and (
@@ -95,7 +96,7 @@ def findings(s: dict[str, Any], pol: dict[str, Any], ctx: dict[str, Any], prev_s
                 (intra and ra in pods)
                 or any(rule_covers(r, ra, ctx, i) and port_listed(r, port, protocol) for i, r in enumerate(egress))
             )
-            if not excused and not (inbound and port in EPHEMERAL):
+            if not excused and not inbound:
                 out.add(("net.tunnel", ident))
     for sock in s.get("listening", []):
         port = sock["local"]["port"]

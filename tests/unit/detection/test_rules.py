@@ -164,11 +164,49 @@ def test_tunnel_exemptions_are_the_jobs_pods_and_a_port_named_explicitly() -> No
 
 def test_an_inbound_connection_from_a_client_port_that_is_a_pool_port_is_no_tunnel() -> None:
     """A real client's source port is ephemeral: 45560 (a pool port in the ephemeral range) from a client
-    is not a tunnel when it reaches a listener; 3333 (outside the range) still is."""
+    is not a tunnel when it reaches a listener; 3333 (outside the range) is the port of a server the pod
+    dialled from the listener's port: a tunnel, and egress."""
     p = pol(network={"listenPorts": [8080]})
     probe = conn("10.244.0.1:45560", local_port=8080)
     odd = conn("10.244.0.1:3333", local_port=8080)
-    assert found([sample(listening=[listen(8080)], connections=[probe, odd])], p) == {("net.tunnel", "10.244.0.1:3333")}
+    assert found([sample(listening=[listen(8080)], connections=[probe, odd])], p) == {
+        ("net.tunnel", "10.244.0.1:3333"),
+        ("net.egress.undeclared", "10.244.0.1:3333"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("remote", "listener", "egress"),
+    [
+        ("192.0.2.10:8443", "0.0.0.0", True),  # SO_REUSEPORT client on a wildcard listener's port, to a C2
+        ("192.0.2.10:8443", "10.244.1.10", True),  # ... on the listener's very address
+        ("192.0.2.10:41234", "0.0.0.0", False),  # a client from an ephemeral port connecting in
+        ("10.244.0.1:32768", "0.0.0.0", False),  # the range's first port
+        ("10.244.0.1:60999", "0.0.0.0", False),  # ... and its last
+        ("10.244.0.1:61000", "0.0.0.0", True),  # just past it: a server's port
+        ("10.244.0.1:80", "0.0.0.0", True),  # a kubelet probe never comes from port 80: the pod dialled it
+    ],
+)
+def test_a_connection_on_a_listener_is_inbound_only_from_an_ephemeral_port(
+    remote: str, listener: str, egress: bool
+) -> None:
+    """The socket tables do not say which end connected; a client can share a listener's port
+    (SO_REUSEPORT). A connection on a listener is inbound only from a client's (ephemeral) source port."""
+    p = pol(network={"listenPorts": [29500], "forbidTunnels": False})
+    c = conn(remote, local_port=29500)
+    got = found([sample(listening=[listen(29500, listener)], connections=[c])], p)
+    assert (("net.egress.undeclared", remote) in got) is egress, got
+
+
+def test_without_an_ephemeral_range_no_connection_counts_as_inbound() -> None:
+    """`ephemeral_ports=None` (flag every listener) also leaves no client port to tell an accepted
+    connection by: every connection with a remote is judged as egress, the operator's own included."""
+    ctx = EngineContext(job_pod_ips=CTX.job_pod_ips, dns_resolvers=CTX.dns_resolvers, ephemeral_ports=None)
+    p = pol(network={"listenPorts": [29500]})
+    c = conn("10.244.0.1:41234", local_port=29500)
+    assert found([sample(listening=[listen(29500)], connections=[c])], p, ctx) == {
+        ("net.egress.undeclared", "10.244.0.1:41234")
+    }
 
 
 def test_v1_samples_replay_through_the_conversion() -> None:

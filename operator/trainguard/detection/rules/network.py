@@ -1,17 +1,21 @@
 """The network rules: every socket that can carry data, judged against what the policy and the cluster allow.
 
-Directions are decided from the sample's own sockets, the kernel's word: a connection is inbound
-only when a listening socket of the same protocol and family accepts on its local address and
-port (that address, or a wildcard). Everything else with a remote is outbound. Every state with a
-remote is evidence that data moved (TIME_WAIT proves a finished connection, CLOSE_WAIT and FIN_WAIT
-still carry data one way), except SYN_SENT, an attempt, which only `net.tunnel` counts.
+Directions: the kernel's socket tables do not say which end connected (sock_diag has no "accepted"
+flag), and a client can share a listener's port (SO_REUSEPORT), so a connection counts as inbound
+only when both of its ends say so: a listening socket of the same protocol and family accepts on
+its local address and port (that address, or a wildcard), and its remote port is in the kernel's
+ephemeral range, where a connecting client's source port comes from. A remote on any other port
+is a server the pod dialled, whatever local port the pod's end has. Everything else with a remote
+is outbound. Every state with a remote is evidence that data moved (TIME_WAIT proves a finished
+connection, CLOSE_WAIT and FIN_WAIT still carry data one way), except SYN_SENT, an attempt, which
+only `net.tunnel` counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainguard.api.sample import Connection, ListeningSocket, Sample
+from trainguard.api.sample import Connection, ListeningSocket, ProcessInfo, Sample
 from trainguard.detection.endpoints import is_loopback, parse_ip, show
 from trainguard.detection.rules.base import (
     NOTHING,
@@ -33,7 +37,7 @@ NET_SOCKET_UNCONNECTED = "net.socket.unconnected"
 ATTEMPT = "SYN_SENT"
 
 
-def inbound(c: Connection, listening: Sequence[ListeningSocket]) -> bool:
+def on_listener(c: Connection, listening: Sequence[ListeningSocket]) -> bool:
     """A listening socket of the same protocol and family accepts on this connection's local address
     and port (the very address, or a wildcard)."""
     local = parse_ip(c.local.address)
@@ -44,6 +48,15 @@ def inbound(c: Connection, listening: Sequence[ListeningSocket]) -> bool:
         if ip is not None and (ip.is_unspecified or ip == local):
             return True
     return False
+
+
+def inbound(inp: RuleInput, c: Connection) -> bool:
+    """The connection may have been accepted: it is on a listener (`on_listener`) and its remote port is
+    in the ephemeral range (a client's source port). A client bound with SO_REUSEPORT to a wildcard
+    listener's port and connected to a server on port 8443 is on the listener, but 8443 is the port a
+    server chose: outbound. (A server of the workload's own on an ephemeral port is the blind spot
+    left: docs/detection.md.)"""
+    return inp.policy.ephemeral(c.remote.port) and on_listener(c, inp.sample.listening)
 
 
 def local_traffic(c: Connection) -> bool:
@@ -61,7 +74,7 @@ def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
     for c in s.connections:
         if c.state == ATTEMPT or policy.allowed_by(c.remote.address, c.remote.port, c.proto) is not None:
             continue
-        if local_traffic(c) or inbound(c, s.listening):
+        if local_traffic(c) or inbound(inp, c):
             continue
         found.append(Finding(NET_EGRESS_UNDECLARED, show(c.remote.address, c.remote.port), connection_evidence(s, c)))
     return found or NOTHING
@@ -69,15 +82,19 @@ def net_egress_undeclared(inp: RuleInput) -> Sequence[Finding]:
 
 def tunnel_connection(inp: RuleInput, c: Connection) -> str | None:
     """Why a connection is a tunnel: its remote port is SSH or a miner pool (not excused by the job's
-    pods or an egress rule naming the port), whatever its state and whatever its direction looks
-    like; for a connection that looks inbound the remote port counts only outside the ephemeral
-    range (a real client's source port is ephemeral, a server's is not)."""
+    pods or an egress rule naming the port), whatever its state, unless it is inbound (a client
+    connecting in from a pool port number in the ephemeral range, 45560, is no tunnel)."""
     why = inp.policy.tunnel_port(c.remote.address, c.remote.port, c.proto)
-    if why is None or local_traffic(c):
-        return None
-    if inp.policy.ephemeral(c.remote.port) and inbound(c, inp.sample.listening):
+    if why is None or local_traffic(c) or inbound(inp, c):
         return None
     return why
+
+
+def tool_identity(p: ProcessInfo) -> str:
+    """A tunnel tool's violation is about that process: `process:<name> pid <pid>`. Keyed by name alone,
+    a second tunnel of the same tool opened while the first stood was in no decision (and a cut stops
+    only the pid a decision names), and it stood on unreported once the first was killed."""
+    return f"process:{p.name or p.exe} pid {p.pid}"
 
 
 def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
@@ -99,7 +116,7 @@ def net_tunnel(inp: RuleInput) -> Sequence[Finding]:
         tool = verdict.tunnel
         if tool is not None:
             found.append(
-                Finding(NET_TUNNEL, f"process:{p.name or p.exe}", {**process_evidence(p), "reason": tool})
+                Finding(NET_TUNNEL, tool_identity(p), {**process_evidence(p), "reason": tool})
             )
     return found or NOTHING
 
@@ -111,7 +128,7 @@ def net_tunnel_ssh_config(inp: RuleInput) -> Sequence[Finding]:
     if not policy.forbid_tunnels:
         return NOTHING
     found = [
-        Finding(NET_TUNNEL_SSH_CONFIG, f"process:{p.name or p.exe}", {**process_evidence(p), "option": why})
+        Finding(NET_TUNNEL_SSH_CONFIG, tool_identity(p), {**process_evidence(p), "option": why})
         for p, verdict in zip(inp.sample.processes, inp.verdicts, strict=True)
         if (why := verdict.ssh_config) is not None
     ]

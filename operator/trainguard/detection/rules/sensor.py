@@ -13,15 +13,16 @@ SENSOR_RESTARTED = "sensor.restarted"
 SENSOR_SILENT = "sensor.silent"
 SENSOR_GAP = "sensor.gap"
 SENSOR_DEGRADED = "sensor.degraded"
+SENSOR_CAPPED = "sensor.capped"
 SENSOR_IDENTITY = "sensor.identity"
 
 #: Sensor errors that hide part of the pod from the rules (docs/detection.md says why each is here):
-#: processes or sockets left out (caps), unreadable (permission, a failed read), stale (an overrun
-#: the workload can cause by spawning), socket families not read (the /proc/net fallback sees no
-#: raw, packet or ICMP sockets), a GPU query failed. Not here: `gpu_unsupported` (a reading the GPU
-#: cannot give, e.g. MIG: a fact about the hardware, its field is null) and `attribution` (an
-#: unattributed GPU process is itself `gpu.process.unexpected`). `gpu_unavailable` counts only for a
-#: pod that showed a GPU before (a pod without GPUs always reports it).
+#: processes or sockets unreadable (permission, a failed read), stale (an overrun the workload can
+#: cause by spawning), socket families not read (the /proc/net fallback sees no raw, packet or ICMP
+#: sockets), a GPU query failed. Not here: the caps (`CAPS`, a rule of their own), `gpu_unsupported`
+#: (a reading the GPU cannot give, e.g. MIG: a fact about the hardware, its field is null) and
+#: `attribution` (an unattributed GPU process is itself `gpu.process.unexpected`). `gpu_unavailable`
+#: counts only for a pod that showed a GPU before (a pod without GPUs always reports it).
 HIDING: frozenset[SensorErrorKind] = frozenset(
     {
         SensorErrorKind.PROC_READ,
@@ -29,12 +30,14 @@ HIDING: frozenset[SensorErrorKind] = frozenset(
         SensorErrorKind.PROC_STALE,
         SensorErrorKind.NET_READ,
         SensorErrorKind.NET_FALLBACK,
-        SensorErrorKind.PROCESS_CAP,
-        SensorErrorKind.CONNECTION_CAP,
-        SensorErrorKind.FD_CAP,
         SensorErrorKind.GPU_READ,
         SensorErrorKind.GPU_STALE,
     }
+)
+#: The sensor's caps (processes, sockets, fd links per sample): a pod past one has more than the sensor
+#: reads, and what it holds past the cap is unseen. The pod alone decides how many it holds.
+CAPS: frozenset[SensorErrorKind] = frozenset(
+    {SensorErrorKind.PROCESS_CAP, SensorErrorKind.CONNECTION_CAP, SensorErrorKind.FD_CAP}
 )
 
 
@@ -76,6 +79,21 @@ def sensor_degraded(inp: RuleInput) -> Sequence[Finding]:
     return tuple(found.values()) or NOTHING
 
 
+def sensor_capped(inp: RuleInput) -> Sequence[Finding]:
+    """The sample hit one of the sensor's caps (`CAPS`): decoys spawned or sockets opened first push a
+    miner or a tunnel out of the sample, and every rule that would have caught it is blind to it. The
+    workload is the only one that decides how many processes and sockets it holds, so this is not a
+    degraded sensor but the pod hiding: its severity is `monitoring.sensorCapSeverity` (Critical by
+    default, so that hiding a Critical finding past a cap never costs less than the finding itself);
+    identity: the cap's kind. Debounced like any rule that is not conclusive."""
+    found: dict[str, Finding] = {}
+    for e in inp.sample.sensor.errors:
+        kind = e.kind
+        if kind in CAPS and kind.value not in found:
+            found[kind.value] = Finding(SENSOR_CAPPED, kind.value, {"kind": kind.value, "message": e.message[:512]})
+    return tuple(found.values()) or NOTHING
+
+
 def sensor_identity(pod: str, claimed: str) -> Finding:
     """A sample from the pod's sensor that names another pod: forged, or a sensor that is not this pod's.
     Judged by the engine before any rule (nothing else in such a sample is believed)."""
@@ -100,6 +118,8 @@ RULES: tuple[Rule, ...] = (
     Rule(SENSOR_RESTARTED, "Medium", True, sensor_restarted, "sensor restarted"),
     Rule(SENSOR_GAP, "High", True, sensor_gap, "gaps in the sensor's samples"),
     Rule(SENSOR_DEGRADED, "Medium", False, sensor_degraded, "sensor cannot see part of the pod"),
+    # The severity here is the default of monitoring.sensorCapSeverity, which the engine applies.
+    Rule(SENSOR_CAPPED, "Critical", False, sensor_capped, "pod holds more than the sensor reads"),
 )
 #: Rules the engine evaluates itself, outside the chain.
 OUTSIDE: tuple[Rule, ...] = (
