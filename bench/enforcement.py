@@ -69,6 +69,31 @@ def cpu_and_hwm(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / TICK, int(status["VmHWM"].split()[0]) / 1024
 
 
+def cpu_of(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def components(plane: controlplane.ControlPlane, kw: kwok.Kwok, fleet: Fleet) -> dict[str, list[int]]:
+    """The processes on the bench machine this run started, by what they are (etcd runs in `controlplane run`)."""
+    found: dict[str, list[int]] = {"etcd (controlplane run)": [plane.process.pid]}
+    for task in Path(f"/proc/{plane.process.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            found.setdefault(argv[1].decode() if len(argv) > 1 else "?", []).append(int(child))
+    found["kwok"] = [kw.process.pid]
+    found["players"] = [m.process.pid for m in fleet.members]
+    found["bench"] = [os.getpid()]
+    return found
+
+
+def cpu_by_component(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_of(pid) for pid in group) for name, group in pids.items()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -290,6 +315,8 @@ def run(pods: int, malicious: int, players: int, tmp: Path) -> bool:
         state = fleet.state()
         cpu0, _ = cpu_and_hwm(operator.pid)
         players0 = fleet.cpu_used()
+        pids = components(plane, kw, fleet)
+        by0 = cpu_by_component(pids)
         wall0 = time.monotonic()
         offset0 = log_path.stat().st_size
         sent0, opened0 = state["sent"], state["opened"]
@@ -307,6 +334,12 @@ def run(pods: int, malicious: int, players: int, tmp: Path) -> bool:
             f"  steady ({span:.0f} s, {state['streams']} streams): operator {steady_cores:.2f} cores;"
             f" players {players_cores:.2f} cores; {sent_rate:,.0f} samples/s sent, {kept_rate:,.0f}/s kept by the"
             f" operator; {reopened} streams reopened"
+        )
+        by1 = cpu_by_component(pids)
+        print(
+            "  steady, cores by component: "
+            + ", ".join(f"{name} {(by1[name] - by0[name]) / span:.2f}" for name in by0)
+            + f", operator {steady_cores:.2f}"
         )
         print(f"  steady: {machine()}")
 
