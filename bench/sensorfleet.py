@@ -9,6 +9,7 @@ bench talks to it over the child's stdin and stdout, one JSON object a line each
     {"op": "add", "pods": [[pod, ip, key_hex], ...]}    -> {"ok": true}
     {"op": "mode", "pod": pod, "mode": "tunnel"}          -> {"ok": true}
     {"op": "state"}                                       -> {"streams", "opened", "sent", "refused", "pods"}
+    {"op": "streaming"}                                   -> {"pods": [the pods with a stream open now]}
     {"op": "stop"}                                        -> {"ok": true}, then the child exits
 
 `streams` are open now, `opened` ever (more than the pods: reconnects), `sent` sample lines written, `refused`
@@ -115,6 +116,10 @@ class Fleet:
             total["pods"].update(answer["pods"])
         return total
 
+    def streaming(self) -> list[str]:
+        """The pods whose sensor has a stream open now."""
+        return sorted(pod for member in self.members for pod in member.ask({"op": "streaming"})["pods"])
+
     @staticmethod
     def cpu_seconds(pid: int) -> float:
         try:
@@ -178,6 +183,8 @@ def serve(port: int, interval_s: float, requests: IO[bytes], answers: IO[bytes])
                             "at": time.time(),
                         }
                     )
+                elif op == "streaming":
+                    answer({"pods": sorted(name for name, p in list(player.pods.items()) if p.streams > 0)})
                 elif op == "stop":
                     answer({"ok": True})
                     break

@@ -48,6 +48,8 @@ class PlayedPod:
     mode_since: float | None = None
     #: When the first cut was accepted (Unix time).
     cut_at: float | None = None
+    #: Sample streams open to this pod now.
+    streams: int = 0
     site: web.TCPSite | None = None
     nonces: set[str] = field(default_factory=set)
 
@@ -185,6 +187,7 @@ class Player:
             return response
         self.streams += 1
         self.opened += 1
+        p.streams += 1
         try:
             while True:
                 if p.mode != "silent":
@@ -201,6 +204,7 @@ class Player:
             pass
         finally:
             self.streams -= 1
+            p.streams -= 1
         return response
 
     async def _cut(self, request: web.Request) -> web.Response:
