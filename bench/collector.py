@@ -4,8 +4,8 @@ No control plane: `trainguard.k8s.collector.Collector` (the operator's own) in t
 counts, and bench/sensorfleet.py's player processes on N loopback IPs (the real protocol, one job key). It
 separates the collector's cost from the rest of the operator's at 5,000 pods (bench/enforcement.py) and shows the
 GIL's part: `--busy` runs a CPU-bound neighbour thread in this process (busy 0.4 s of every 0.5 s, as detection,
-kopf and the reconcile workers are to the collector), `--switch-interval` sets `sys.setswitchinterval` (the
-operator sets `handlers.command.GUARD_SWITCH_INTERVAL_S` while the guard runs).
+kopf and the reconcile workers are to the collector), `--switch-interval` sets `sys.setswitchinterval` (Python's
+default is 5 ms; 0.5 ms helped here but did not move the 5,000-pod bench's limit: docs/sessions/2026-12-02-bench.md).
 
     .venv/bin/python bench/collector.py [--pods 5000] [--busy] [--switch-interval 0.0005] [--seconds 30]
 

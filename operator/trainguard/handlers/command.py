@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 
 import kopf
 from prometheus_client import start_http_server
@@ -24,13 +23,6 @@ from trainguard.k8s.guard import Guard, GuardSettings
 from trainguard.k8s.metrics import OperatorMetrics
 from trainguard.k8s.reconcile import Reconciler
 from trainguard.k8s.workqueue import WorkQueue
-
-#: The interpreter's GIL switch interval while the guard runs (Python's default is 5 ms). The collector's I/O loop
-#: shares the GIL with the detection thread, kopf and the reconcile workers; each socket call it makes releases the
-#: GIL and may then wait a whole interval behind a busy thread (the convoy effect). With a busy neighbour thread,
-#: 5,000 streams took 29 s to open at 5 ms (hundreds in backoff after timeouts) and 12 s at 0.5 ms; in the
-#: 5,000-pod bench at 5 ms the streams stopped opening at 3,020 (docs/sessions/2026-12-02-bench.md).
-GUARD_SWITCH_INTERVAL_S = 0.0005
 
 log = logging.getLogger("trainguard.operator")
 
@@ -166,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
                 ),
             ),
         )
-        sys.setswitchinterval(GUARD_SWITCH_INTERVAL_S)
         guard.start()
         reconciler.observer = guard
     namespaces = sorted(set(args.namespace)) or None
