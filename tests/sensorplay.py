@@ -49,7 +49,9 @@ class PlayedPod:
     mode_since: float | None = None
     #: When the first cut was accepted (Unix time).
     cut_at: float | None = None
-    runner: web.AppRunner | None = None
+    #: Sample streams open to this pod now.
+    streams: int = 0
+    site: web.TCPSite | None = None
     nonces: set[str] = field(default_factory=set)
     #: The sample's `gpus` (wire form), in every mode.
     gpus: list[dict[str, Any]] = field(default_factory=list)
@@ -112,6 +114,10 @@ class Player:
         self.cuts: dict[str, list[sensorproto.CutCommand]] = defaultdict(list)
         self.refused: list[tuple[str, int]] = []
         self.streams = 0
+        #: Sample lines written, all pods together, and streams ever opened (more than the pods: reconnects).
+        self.sent = 0
+        self.opened = 0
+        self._runner: web.AppRunner | None = None
         self._by_ip: dict[str, PlayedPod] = {}
         self._templates: dict[tuple[str, str, bool], str] = {}
         self._loop = asyncio.new_event_loop()
@@ -138,9 +144,8 @@ class Player:
 
     def stop(self) -> None:
         async def down() -> None:
-            for p in self.pods.values():
-                if p.runner is not None:
-                    await p.runner.cleanup()
+            if self._runner is not None:
+                await self._runner.cleanup()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
@@ -150,13 +155,17 @@ class Player:
     # --- the server ------------------------------------------------------------------------------------
 
     async def _bind(self, p: PlayedPod) -> None:
-        app = web.Application()
-        app.router.add_get(sensorproto.SAMPLES_PATH, self._samples)
-        app.router.add_post(sensorproto.CUT_PATH, self._cut)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, p.ip, self.port, reuse_address=True).start()
-        p.runner = runner
+        """One listener on the pod's own IP; every listener serves the same application (one runner), which
+        tells the pods apart by the address a request came in on."""
+        if self._runner is None:
+            app = web.Application()
+            app.router.add_get(sensorproto.SAMPLES_PATH, self._samples)
+            app.router.add_post(sensorproto.CUT_PATH, self._cut)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+        site = web.TCPSite(self._runner, p.ip, self.port, reuse_address=True)
+        await site.start()
+        p.site = site
 
     def _body(self, p: PlayedPod, now: float) -> bytes:
         """The sample's JSON: built once per (pod, mode, cut) by the model, then only ts and seq change (a
@@ -187,6 +196,8 @@ class Player:
         except ConnectionError:  # the operator gave up on this connection before the headers went out
             return response
         self.streams += 1
+        self.opened += 1
+        p.streams += 1
         try:
             while True:
                 if p.mode != "silent":
@@ -197,11 +208,13 @@ class Player:
                     body = self._body(p, now)
                     key = b"not the job's key, 32 bytes long" if p.mode == "forged" else p.key
                     await response.write(sensorproto.sign_sample(key, body))
+                    self.sent += 1
                 await asyncio.sleep(self.interval_s)
         except ConnectionError:  # the operator closed the stream (or died): as a sensor would, forget it
             pass
         finally:
             self.streams -= 1
+            p.streams -= 1
         return response
 
     async def _cut(self, request: web.Request) -> web.Response:

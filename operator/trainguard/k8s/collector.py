@@ -114,8 +114,11 @@ class Collector:
             if self._session is not None:
                 await self._session.close()
 
-        with contextlib.suppress(RuntimeError):
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            try:
+                asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+            except TimeoutError:  # thousands of streams on a starved machine: stop the loop regardless
+                log.warning("collector: streams not closed within 5 s; stopping anyway")
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
