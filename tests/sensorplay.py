@@ -10,7 +10,10 @@ GPUs (none by default).
 
 What it checks is what a real sensor must check: the bearer credential of its pod, the command's signature, its
 age and its nonce (replay). Modes: `clean` (a trainer), `tunnel` (plus an ssh reverse tunnel, until a cut
-destroys the connection and stops the pid), `forged` (lines signed with another key), `silent` (no lines).
+destroys the connection and stops the pid), `two-tunnels` (two ssh reverse tunnels, pids 31 and 32, to two
+remotes; a cut destroys both connections, as the real cut destroys every socket it does not keep, and the processes
+stay listed, stopped or not, as a SIGSTOPped process does), `forged` (lines signed with another key), `silent`
+(no lines).
 `cut_reply`: `confirm` (a signed report, nothing remaining), `remaining` (the tunnel still open: not confirmed),
 `hang` (no answer).
 """
@@ -30,10 +33,12 @@ from aiohttp import web
 from trainguard.api import sensorproto
 from trainguard.api.sample import Sample
 
-Mode = Literal["clean", "tunnel", "forged", "silent"]
+Mode = Literal["clean", "tunnel", "two-tunnels", "forged", "silent"]
 CutReply = Literal["confirm", "remaining", "hang"]
 TUNNEL_REMOTE = ("10.0.0.9", 22)
 TUNNEL_PID = 31
+SECOND_TUNNEL_REMOTE = ("10.0.0.8", 22)
+SECOND_TUNNEL_PID = 32
 
 
 @dataclass
@@ -53,6 +58,8 @@ class PlayedPod:
     streams: int = 0
     site: web.TCPSite | None = None
     nonces: set[str] = field(default_factory=set)
+    #: Every pid a cut named (a stopped process stays listed in `two-tunnels`).
+    stopped: set[int] = field(default_factory=set)
     #: The sample's `gpus` (wire form), in every mode.
     gpus: list[dict[str, Any]] = field(default_factory=list)
 
@@ -70,28 +77,32 @@ def sample_for(p: PlayedPod, now: float) -> Sample:
         }
     ]
     connections: list[dict[str, Any]] = []
-    if p.mode == "tunnel" and not p.cut:
+    tunnels = _tunnels(p.mode)
+    if p.mode == "tunnel" and p.cut:
+        tunnels = []
+    for pid, remote, local_port in tunnels:
         processes.append(
             {
-                "pid": TUNNEL_PID,
+                "pid": pid,
                 "ppid": 7,
                 "name": "ssh",
                 "exe": "/usr/bin/ssh",
                 "exeStatus": "ok",
-                "argv": ["ssh", "-N", "-R", "2222:localhost:22", f"tunnel@{TUNNEL_REMOTE[0]}"],
+                "argv": ["ssh", "-N", "-R", "2222:localhost:22", f"tunnel@{remote[0]}"],
                 "container": "trainer",
             }
         )
-        connections.append(
-            {
-                "proto": "tcp",
-                "local": {"address": p.ip, "port": 41000},
-                "remote": {"address": TUNNEL_REMOTE[0], "port": TUNNEL_REMOTE[1]},
-                "state": "ESTABLISHED",
-                "pid": TUNNEL_PID,
-                "inode": 9001,
-            }
-        )
+        if not p.cut:
+            connections.append(
+                {
+                    "proto": "tcp",
+                    "local": {"address": p.ip, "port": local_port},
+                    "remote": {"address": remote[0], "port": remote[1]},
+                    "state": "ESTABLISHED",
+                    "pid": pid,
+                    "inode": 9000 + pid,
+                }
+            )
     return Sample.model_validate(
         {
             "version": 2,
@@ -104,6 +115,16 @@ def sample_for(p: PlayedPod, now: float) -> Sample:
             "sensor": {"reader": "netlink"},
         }
     )
+
+
+def _tunnels(mode: Mode) -> list[tuple[int, tuple[str, int], int]]:
+    """(pid, remote, local port) of the tunnels a mode plays."""
+    first = (TUNNEL_PID, TUNNEL_REMOTE, 41000)
+    if mode == "tunnel":
+        return [first]
+    if mode == "two-tunnels":
+        return [first, (SECOND_TUNNEL_PID, SECOND_TUNNEL_REMOTE, 41001)]
+    return []
 
 
 class Player:
@@ -141,6 +162,7 @@ class Player:
     def set_mode(self, pod: str, mode: Mode) -> None:
         p = self.pods[pod]
         p.mode, p.mode_since, p.cut = mode, None, False
+        p.stopped = set()
 
     def stop(self) -> None:
         async def down() -> None:
@@ -236,28 +258,35 @@ class Player:
         self.cuts[p.pod].append(command)
         if p.cut_reply == "hang":
             await asyncio.sleep(3600)
-        tunnel = sensorproto.CutSocket.model_validate(
-            {
-                "proto": "tcp",
-                "local": {"address": p.ip, "port": 41000},
-                "remote": {"address": TUNNEL_REMOTE[0], "port": TUNNEL_REMOTE[1]},
-                "pid": TUNNEL_PID,
-            }
-        )
-        kept = any(_covers(peer.cidr, TUNNEL_REMOTE[0]) for peer in command.keep)
-        open_tunnel = p.mode == "tunnel" and not p.cut and not kept
+        sockets = [
+            sensorproto.CutSocket.model_validate(
+                {
+                    "proto": "tcp",
+                    "local": {"address": p.ip, "port": local_port},
+                    "remote": {"address": remote[0], "port": remote[1]},
+                    "pid": pid,
+                }
+            )
+            for pid, remote, local_port in _tunnels(p.mode)
+            if not any(_covers(peer.cidr, remote[0]) for peer in command.keep)
+        ]
+        open_tunnels = [] if p.cut else sockets
         if p.cut_reply == "remaining":
-            report = sensorproto.CutReport(pod=p.pod, nonce=command.nonce, remaining=[tunnel] if open_tunnel else [])
-            if not open_tunnel:
-                report.remaining.append(tunnel)
+            # Whatever was asked, the (first) tunnel is reported still open: never confirmed.
+            first = {"proto": "tcp", "local": {"address": p.ip, "port": 41000}, "pid": TUNNEL_PID}
+            still = sensorproto.CutSocket.model_validate(
+                {**first, "remote": {"address": TUNNEL_REMOTE[0], "port": TUNNEL_REMOTE[1]}}
+            )
+            report = sensorproto.CutReport(pod=p.pod, nonce=command.nonce, remaining=open_tunnels or [still])
         else:
             report = sensorproto.CutReport(
                 pod=p.pod,
                 nonce=command.nonce,
-                destroyed=[tunnel] if open_tunnel else [],
+                destroyed=open_tunnels,
                 stopped=list(command.pids),
             )
-            p.cut = p.cut or open_tunnel
+            p.cut = p.cut or bool(open_tunnels)
+            p.stopped |= set(command.pids)
         data = report.model_dump_json(by_alias=True).encode()
         return web.Response(
             body=data,

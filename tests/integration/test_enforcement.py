@@ -251,6 +251,43 @@ def test_quarantine_labels_cuts_and_keeps_the_pod_and_its_neighbour(rig: Rig) ->
         assert rig.pod(bad) is not None and rig.pod(bad).status.phase == "Running"  # type: ignore[union-attr]
 
 
+def test_a_second_tunnel_on_a_quarantined_pod_gets_a_cut_of_its_own_once(rig: Rig) -> None:
+    """Two ssh -R of one pod (pids 31 and 32): the first decision quarantines and cuts (stopping 31); the second
+    tunnel's process is a violation of its own and gets a cut of its own that stops 32. Neither is cut twice, not
+    even by an operator started again while both stopped processes are still listed."""
+    rig.create("Quarantine")
+    with rig.operator() as first:
+        bad, good = rig.play(2)
+        rig.streaming(2)
+        rig.player.set_mode(bad, "two-tunnels")
+
+        def both_stopped() -> str | None:
+            p = rig.pod(bad)
+            mark = (p.metadata.annotations or {}).get("trainguard.io/cut", "") if p is not None else ""
+            return mark if mark.startswith("confirmed") and mark.endswith("pids=31,32") else None
+
+        wait_for(both_stopped, 30, f"both tunnels' processes were not stopped: cuts {rig.player.cuts[bad]}")
+        assert sorted(c.pids[0] for c in rig.player.cuts[bad]) == [31, 32], rig.player.cuts[bad]
+        assert all(len(c.pids) == 1 for c in rig.player.cuts[bad])
+        pod = rig.pod(bad)
+        assert pod is not None and pod.metadata.labels[QUARANTINED] == "true" and pod.status.phase == "Running"
+
+        def recorded(pid: int) -> bool:
+            return any(v["pod"] == bad.split("/")[1] and f"pid={pid} " in v["evidence"] + " " for v in _violations(rig))
+
+        wait_for(lambda: recorded(31) and recorded(32), 20, f"both tunnels' violations in status: {_violations(rig)}")
+        first.process.kill()  # killed, not stopped: the job and its pods stay for the next operator
+        first.process.wait()
+    seq = rig.player.pods[bad].seq
+    with rig.operator("second"):
+        rig.streaming(2)
+        # Ten more samples of both stopped processes reach the restarted operator: nothing is cut again.
+        wait_for(lambda: rig.player.pods[bad].seq >= seq + 10, 30, "the restarted operator read no samples")
+        assert len(rig.player.cuts[bad]) == 2, rig.player.cuts[bad]
+        assert good not in rig.player.cuts
+        _no_duplicates(rig, bad)
+
+
 def test_quarantine_whose_cut_is_not_confirmed_escalates_to_delete(rig: Rig) -> None:
     rig.create("Quarantine")
     with rig.operator() as running:

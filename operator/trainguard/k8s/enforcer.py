@@ -153,11 +153,13 @@ class Enforcer:
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             return
         marked = _marked(pod)
+        new = order
         if marked is not None and _rank(marked.action) >= _rank(action):
             # Already under way (a previous decision, or a previous run of the operator): finish that one.
             order = Order(order.job, marked, order.key, order.keep, order.remotes)
         if order.decision.action == "Quarantine":
-            self.quarantine(order, atj, pod)
+            if self.quarantine(order, atj, pod) and new is not order:
+                self.cut_again(new, atj, namespace, name)
         else:
             self.delete(order, atj, pod)
 
@@ -182,13 +184,39 @@ class Enforcer:
         report = self._cut(order, f"{namespace}/{name}", ip) if ip else None
         failpoint("quarantine.after-cut")
         if report is not None and report.confirmed:
-            retry(
-                lambda: self.api.patch(
-                    "Pod", namespace, name, {"metadata": {"annotations": {CUT_ANNOTATION: f"confirmed {report.nonce}"}}}
-                )
-            )
+            mark = _cut_mark(report.nonce, _pids(order))
+            retry(lambda: self.api.patch("Pod", namespace, name, {"metadata": {"annotations": {CUT_ANNOTATION: mark}}}))
             self._count(order.job, "Quarantine", "applied")
             return True
+        return self._unconfirmed(order, atj, namespace, name)
+
+    def cut_again(self, order: Order, atj: Mapping[str, Any], namespace: str, name: str) -> None:
+        """A new violation on a pod already quarantined and cut: a second tunnel, or a process that was not the
+        first decision's. The label isolates new connections, but what this process holds now (a connection to
+        an address the first cut kept, say) is cut by a command of its own that stops it too. Once per process:
+        the cut annotation lists the pids already stopped, so a repeated decision or a restarted operator sends
+        nothing twice. Unconfirmed, it escalates to Delete as the first cut does."""
+        pids = _pids(order)
+        pod = retry(lambda: self.api.get("Pod", namespace, name))
+        if not pids or pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        mark = (pod["metadata"].get("annotations") or {}).get(CUT_ANNOTATION, "")
+        done = _cut_pids(mark)
+        if not mark.startswith("confirmed") or pids <= done:
+            return
+        self._record(atj, order.decision)
+        ip = _pod_ip(pod)
+        report = self._cut(order, f"{namespace}/{name}", ip) if ip else None
+        if report is not None and report.confirmed:
+            again = _cut_mark(report.nonce, done | pids)
+            retry(
+                lambda: self.api.patch("Pod", namespace, name, {"metadata": {"annotations": {CUT_ANNOTATION: again}}})
+            )
+            self._count(order.job, "Quarantine", "applied")
+            return
+        self._unconfirmed(order, atj, namespace, name)
+
+    def _unconfirmed(self, order: Order, atj: Mapping[str, Any], namespace: str, name: str) -> bool:
         log.warning("cut of %s/%s not confirmed: deleting it", namespace, name)
         self._count(order.job, "Quarantine", "unconfirmed")
         escalated = Decision(order.decision.kind, order.decision.violation, "Delete", False, order.decision.time)
@@ -394,14 +422,12 @@ class Enforcer:
             log.warning("could not post Event %s: %s", reason, error)
 
     def _cut(self, order: Order, pod: str, ip: str) -> sensorproto.CutReport | None:
-        evidence = order.decision.violation.evidence
-        pid = evidence.get("pid")
         command = sensorproto.CutCommand(
             pod=pod,
             nonce=secrets.token_hex(16),
             issued_at=time.time(),
             keep=list(order.keep),
-            pids=[pid] if isinstance(pid, int) and pid > 0 else [],
+            pids=sorted(_pids(order)),
             signal="KILL" if self.settings.signal == "KILL" else "STOP",
         )
         body = command.model_dump_json(by_alias=True).encode()
@@ -543,6 +569,25 @@ def _decision_from(text: str, pod: str) -> Decision:
         occurrence=int(doc.get("occurrence") or 0),
     )
     return Decision("new", violation, action, False, time.time())
+
+
+def _pids(order: Order) -> set[int]:
+    """The process the decision's evidence names (in the pod's pid namespace), if any."""
+    pid = order.decision.violation.evidence.get("pid")
+    return {pid} if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else set()
+
+
+def _cut_mark(nonce: str, pids: set[int]) -> str:
+    """The cut annotation: `confirmed <nonce of the last cut> pids=<stopped, comma-separated>`."""
+    return f"confirmed {nonce} pids={','.join(str(p) for p in sorted(pids))}"
+
+
+def _cut_pids(mark: str) -> set[int]:
+    """The pids a cut annotation says were stopped (none for an older `confirmed <nonce>`, or garbage)."""
+    for word in mark.split():
+        if word.startswith("pids="):
+            return {int(p) for p in word[5:].split(",") if p.isdigit()}
+    return set()
 
 
 def _has_condition(pod: Mapping[str, Any]) -> bool:
