@@ -46,7 +46,7 @@ from typing import Any, TextIO
 import yaml
 
 from trainguard.api import sensorproto
-from trainguard.api.sample import Sample
+from trainguard.api.sample import Sample, parse_sample
 from trainguard.api.v1alpha1 import AgentTrainingJob
 from trainguard.detection import Engine, EngineContext
 
@@ -63,10 +63,8 @@ GPU_RULES = {"process.denied", "gpu.process.unexpected", "gpu.mining-signature"}
 TUNNEL_RULES = {"net.tunnel", "net.egress.undeclared", "process.denied"}
 
 LISTENER = """
-import socket, subprocess, threading
+import socket, subprocess, sys, threading
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 22)); srv.listen(8)
 def serve(c, peer):
     print("open", peer, flush=True)
     try:
@@ -79,9 +77,14 @@ def serve(c, peer):
     except OSError as e:
         print("error", peer, e, flush=True)
     print("closed", peer, flush=True)
-while True:
-    c, peer = srv.accept()
-    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+def accept(srv):
+    while True:
+        c, peer = srv.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+for port in sys.argv[1:]:
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", int(port))); srv.listen(8)
+    threading.Thread(target=accept, args=(srv,)).start()
 """
 
 
@@ -275,34 +278,48 @@ class DemoPod:
     def ref(self) -> str:
         return f"{NAMESPACE}/{self.name}"
 
-    def start(self, sensor_flags: list[str], with_attacker: bool) -> None:
+    def start(self, sensor_flags: list[str], remotes: set[tuple[str, int]], acts: list[dict[str, Any]]) -> None:
+        """Start the demo pod; with `remotes` (address, TCP port), an attacker's host that owns those addresses and
+        listens on those ports, joined to the pod by a veth pair (the pod's only route out); with `acts`, what the
+        pod plays on the `scenario` trigger."""
         self.work.mkdir(parents=True, exist_ok=True)
         sensor = [
             sys.executable, "-m", "trainguard", "sensor", f"--pod={self.ref}", f"--address={self.ip}",
             f"--port={SENSOR_PORT}", "--interval=1", *sensor_flags,
         ]  # fmt: skip
+        (self.work / "acts.json").write_text(json.dumps(acts))
         argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m"]
         argv += ["trainguard.cli.demo_pod", str(self.work), ATTACKER, json.dumps(sensor), str(self.work / "gpu.in")]
+        argv.append(str(self.work / "acts.json"))
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(self.work / "unshare.log").open("wb"))
         self.pid1 = _pid1(self.process, self.name)
-        if with_attacker:
+        if remotes:
+            ports = sorted({str(port) for _, port in remotes})
             self.attacker = subprocess.Popen(
-                ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-c", LISTENER],
+                ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-c", LISTENER, *ports],
                 stdout=(self.work / "attacker.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
             attacker_pid = _pid1(self.attacker, "the attacker's host")
             a, b = f"tgd{self.pid1}a", f"tgd{self.pid1}b"
-            for cmd in (
+            inside, outside = ["nsenter", "-t", str(self.pid1), "-n"], ["nsenter", "-t", str(attacker_pid), "-n"]
+            commands = [
                 ["ip", "link", "add", a, "type", "veth", "peer", "name", b],
                 ["ip", "link", "set", a, "netns", str(self.pid1)],
                 ["ip", "link", "set", b, "netns", str(attacker_pid)],
-                ["nsenter", "-t", str(self.pid1), "-n", "ip", "addr", "add", f"{POD_SIDE}/24", "dev", a],
-                ["nsenter", "-t", str(self.pid1), "-n", "ip", "link", "set", a, "up"],
-                ["nsenter", "-t", str(attacker_pid), "-n", "ip", "addr", "add", f"{ATTACKER}/24", "dev", b],
-                ["nsenter", "-t", str(attacker_pid), "-n", "ip", "link", "set", b, "up"],
-            ):
-                subprocess.run(cmd, check=True, capture_output=True)
+                [*inside, "ip", "addr", "add", f"{POD_SIDE}/24", "dev", a],
+                [*inside, "ip", "link", "set", a, "up"],
+                [*inside, "ip", "route", "add", "default", "dev", a],
+                [*outside, "ip", "addr", "add", f"{ATTACKER}/24", "dev", b],
+                [*outside, "ip", "link", "set", b, "up"],
+            ]
+            for address in sorted({address for address, _ in remotes} - {ATTACKER}):
+                commands.append([*outside, "ip", "addr", "add", f"{address}/32", "dev", b])
+            commands.append([*outside, "ip", "route", "add", "default", "dev", b])
+            for cmd in commands:
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise DemoError(f"{' '.join(cmd)}: {done.stderr.strip()}")
         try:
             self.forwarder = Forwarder(self.ip, SENSOR_PORT, self.pid1)
         except OSError as error:
@@ -448,6 +465,20 @@ class Timeline:
                 self.out.line(
                     "sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33", at=sample.ts
                 )
+        for act in state.get("acts", []):  # a scenario's processes, the first sample that shows each
+            proc = next((p for p in sample.processes if p.pid == act["pid"]), None)
+            if proc is not None and f"act-{proc.pid}" not in pod.seen:
+                pid = proc.pid
+                pod.seen[f"act-{pid}"] = sample.ts
+                socks = [f"{c.remote.address}:{c.remote.port} {c.state}" for c in sample.connections if c.pid == pid]
+                socks += [f"listening on {s.local.port}" for s in sample.listening if s.pid == pid]
+                self.out.line(
+                    "sample",
+                    f"{pod.name} seq {sample.seq}: process {proc.name} pid {proc.pid} ({' '.join(proc.argv[2:])})"
+                    + (f": {', '.join(socks)}" if socks else ""),
+                    "33",
+                    at=sample.ts,
+                )
         tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
         ssh = next((p for p in sample.processes if "tunnel" in state and p.pid == state["tunnel"]), None)
         if ssh is not None and "tunnel" not in pod.seen and not tunnel:
@@ -565,7 +596,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default=os.environ.get("DEMO_SCENARIO", "rome"), help="rome (default) or a "
                         "scenario of examples/traces/scenarios.json (its GPU telemetry plays on worker 1)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP") == "1",
-                        help="leave the control plane, operator and pods running (DEMO_KEEP=1)")  # fmt: skip
+                        help="leave the control plane, operator, demo pods and sensors running in the background "
+                        "and print the KUBECONFIG line (DEMO_KEEP=1); stop them with --stop")  # fmt: skip
+    parser.add_argument("--stop", action="store_true", help="stop every demo left running by DEMO_KEEP=1 (make "
+                        "demo-stop): the job, the operator, the demo pods and sensors, the control plane")  # fmt: skip
     parser.add_argument("--summary", type=Path, default=os.environ.get("DEMO_SUMMARY") or None,
                         help="write the outcome as JSON here (DEMO_SUMMARY)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("DEMO_TIMEOUT", "60")),
@@ -574,14 +608,98 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Scenario:
-    """A recorded scenario of examples/traces/ whose signals are GPU telemetry (or none): each worker's sensor replays
-    the GPU readings of one of the trace's pods while the demo pod runs the trainer only."""
+    """A recorded scenario of examples/traces/, played for real: worker *i* plays the trace's *i*-th pod. Its sensor
+    replays that pod's GPU readings (looping); the demo pod runs the processes that appear in the recording after its
+    first sample, with their sockets, and stops or kills its sensor where the recording has a gap (`trace_acts`)."""
 
     name: str
     kind: str
-    expect: set[str]
+    expect: set[str]  # every rule the scenario expects, of any pod
+    expect_by_pod: dict[int, set[str]]  # worker index -> the rules expected of it
     policy: dict[str, Any]  # the scenario's policy (the job takes it instead of rome-lockdown's)
     gpus: list[list[list[dict[str, Any]]]]  # per pod of the trace, in order: each tick's `gpus`
+    acts: list[list[dict[str, Any]]]  # per pod of the trace, in order: what its demo pod plays (trace_acts)
+
+    @property
+    def length(self) -> float:
+        """Seconds from the scenario's trigger to its last act."""
+        return max((a["at"] + a.get("seconds", 0.0) for acts in self.acts for a in acts), default=0.0)
+
+
+#: What a recording holds that the demo cannot play with real processes (said in `--help` and docs).
+NOT_PLAYED = (
+    "not played for real: the recording's baseline processes (the demo's trainer stands in for them), connections "
+    "to the job's other pods and into the pod (e.g. hidden-listener's download from another pod), and IPv6 sockets"
+)
+
+
+def trace_acts(per_pod: list[list[Sample]], skip: frozenset[str]) -> list[list[dict[str, Any]]]:
+    """What each pod's demo pod plays, from its samples (in order): a `process` act for each process that was not in
+    the first sample (its name and argv; the listeners and outbound connections it owns over the whole recording,
+    except to addresses in `skip`, the job's pods and DNS; a pid-less TIME_WAIT to a new remote becomes a beacon
+    process), a `freeze` or `restart` of the sensor where two samples are more than 3 s apart (seq going back: it
+    was restarted). Offsets in seconds from the first act of any pod."""
+    played: list[list[dict[str, Any]]] = []
+    for samples in per_pod:
+        if not samples:
+            played.append([])
+            continue
+        first = samples[0]
+        known = {(p.name, tuple(p.argv)) for p in first.processes}
+        remotes = {(c.remote.address, c.remote.port) for c in first.connections}
+        acts: list[dict[str, Any]] = []
+        by_pid: dict[int, dict[str, Any]] = {}
+        beacon: dict[str, Any] | None = None
+        previous: Sample | None = None
+        for sample in samples:
+            if previous is not None and (sample.seq < previous.seq or sample.ts - previous.ts > 3):
+                kind = "restart" if sample.seq < previous.seq else "freeze"
+                acts.append({"at": previous.ts + 1, "kind": kind, "seconds": round(sample.ts - previous.ts - 1, 1)})
+            previous = sample
+            for proc in sample.processes:
+                if (proc.name, tuple(proc.argv)) in known or proc.pid in by_pid:
+                    continue
+                known.add((proc.name, tuple(proc.argv)))
+                stdin = proc.stdin is not None and proc.stdin.kind == "socket"
+                argv = list(proc.argv) or [proc.name]
+                act: dict[str, Any] = {"at": sample.ts, "kind": "process", "name": proc.name, "argv": argv,
+                                       "connect": [], "listen": [], "stdin": stdin}  # fmt: skip
+                by_pid[proc.pid] = act
+                acts.append(act)
+            for listener in sample.listening:
+                owner = by_pid.get(listener.pid) if listener.pid is not None else None
+                port = listener.local.port
+                if owner is not None and ":" not in listener.local.address and port not in owner["listen"]:
+                    owner["listen"].append(port)
+            for c in sample.connections:
+                address, port = c.remote.address, c.remote.port
+                if address in skip or ":" in address or c.proto not in ("tcp", "udp"):
+                    continue
+                owner = by_pid.get(c.pid) if c.pid is not None else None
+                if owner is None and c.pid is None and c.state == "TIME_WAIT" and (address, port) not in remotes:
+                    if beacon is None:
+                        beacon = {"at": sample.ts, "kind": "process", "name": "python3", "argv": ["python3"],
+                                  "connect": [], "listen": [], "stdin": False}  # fmt: skip
+                        acts.append(beacon)
+                    owner = beacon
+                if owner is None or c.local.port in owner["listen"]:
+                    continue  # a baseline process's socket, or a connection into the pod
+                entry = {"proto": c.proto, "address": address, "port": port,
+                         "state": "TIME_WAIT" if c.state == "TIME_WAIT" else "ESTABLISHED"}  # fmt: skip
+                if entry not in owner["connect"]:
+                    owner["connect"].append(entry)
+        played.append(acts)
+    start = min((float(a["at"]) for acts in played for a in acts), default=0.0)
+    for acts in played:
+        for act in acts:
+            act["at"] = round(float(act["at"]) - start, 1)
+        acts.sort(key=lambda a: float(a["at"]))
+    return played
+
+
+def remotes_of(acts: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """The TCP (address, port) pairs a pod's acts connect to: the attacker's host must own and serve them."""
+    return {(c["address"], c["port"]) for a in acts for c in a.get("connect", []) if c["proto"] == "tcp"}
 
 
 def load_scenario(name: str) -> Scenario | None:
@@ -592,20 +710,89 @@ def load_scenario(name: str) -> Scenario | None:
     if name not in table:
         raise DemoError(f"DEMO_SCENARIO={name}: not a scenario; choose rome or one of {', '.join(table)}")
     entry = table[name]
-    expect = {e["rule"] if isinstance(e, dict) else str(e) for e in entry["expect"]}
-    if expect and not any(r.startswith("gpu.") for r in expect):
-        raise DemoError(
-            f"DEMO_SCENARIO={name}: its signals ({', '.join(sorted(expect))}) are processes and sockets, which the "
-            f"demo plays with real ones only in the rome scenario; replay the recording with "
-            f"`trainguard replay examples/traces/{name}.jsonl --policy examples/traces/{entry['policy']}`"
-        )
-    per_pod: dict[str, list[list[dict[str, Any]]]] = {}
+    per_pod: dict[str, list[Sample]] = {}
     for line in (traces / f"{name}.jsonl").read_text().splitlines():
         if line.strip():
-            row = json.loads(line)
-            per_pod.setdefault(row.get("pod", ""), []).append(row.get("gpus", []))
+            sample = parse_sample(line)
+            per_pod.setdefault(sample.pod, []).append(sample)
+    order = list(per_pod)
+    expect_by_pod: dict[int, set[str]] = {}
+    for e in entry["expect"]:
+        expect_by_pod.setdefault(order.index(e["pod"]) if e["pod"] in order else 0, set()).add(e["rule"])
+    context = entry.get("context", {})
+    skip = frozenset(context.get("podIPs", [])) | frozenset(context.get("dnsResolvers", []))
     policy = yaml.safe_load((traces / entry["policy"]).read_text())["spec"]["policy"]
-    return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, policy, list(per_pod.values()))
+    return Scenario(
+        name=name,
+        kind=entry["kind"],
+        expect={e["rule"] for e in entry["expect"]},
+        expect_by_pod=expect_by_pod,
+        policy=policy,
+        gpus=[
+            [[g.model_dump(by_alias=True, exclude_none=True) for g in s.gpus] for s in pod] for pod in per_pod.values()
+        ],
+        acts=trace_acts(list(per_pod.values()), skip),
+    )
+
+
+def play_scenario(scenario: Scenario, timeline: Timeline, timeout: float, until: Any) -> bool:
+    """Trigger every pod's acts, wait for the expected outcome (or, for a benign scenario, the whole recording),
+    and judge it from what the operator recorded in the API: each expected pod has one of its rules, every other
+    pod has no violation and no quarantine; a benign scenario has none at all (the demo's own engine neither)."""
+    pods, out = timeline.pods, timeline.out
+    acted = [p for p in pods if p.index < len(scenario.acts) and scenario.acts[p.index]]
+    played = ", ".join(f"{p.name}: {describe_acts(scenario.acts[p.index])}" for p in acted) or "no process or socket"
+    out.line("phase", f"scenario {scenario.name} ({scenario.kind}), GPU telemetry replayed; plays {played}", "1")
+    until("a few samples of each worker", lambda: min(timeline.seq.get(p.name, -1) for p in pods) >= 3)
+    for pod in acted:
+        pod.trigger("scenario")
+    expected = {p.name: scenario.expect_by_pod.get(p.index, set()) for p in pods}
+
+    def rules(pod: DemoPod) -> set[str]:
+        return timeline.outcome[pod.name].rules
+
+    def caught() -> bool:
+        return all(rules(p) & want for p in pods if (want := expected[p.name]))
+
+    wait = max(timeout, scenario.length + 30.0, max(len(t) for t in scenario.gpus) + 20.0)
+    if scenario.kind == "benign" or not scenario.expect:
+        until_end = time.time() + wait
+        while time.time() < until_end:  # the whole recording, once
+            timeline.poll()
+            time.sleep(0.25)
+    else:
+        until(f"{', '.join(f'{n}: one of {sorted(r)}' for n, r in expected.items() if r)} recorded", caught, wait)
+    timeline.poll()
+    local = {p.name: {str(d.get("rule")) for d in timeline.local[p.name]} for p in pods}
+    ok = True
+    for pod in pods:
+        want, got = expected[pod.name], rules(pod)
+        quarantined = timeline.outcome[pod.name].quarantined_at is not None
+        if want:
+            good = bool(got & want)
+            text = f"expected one of {sorted(want)}; the operator recorded {sorted(got) or 'nothing'}"
+        else:
+            good = not got and not quarantined and (scenario.kind != "benign" or not local[pod.name])
+            text = f"expected no violation; the operator recorded {sorted(got) or 'none'}" + (
+                ", quarantined" if quarantined else ""
+            )
+        text += f" (the demo's engine: {sorted(local[pod.name]) or 'nothing'})"
+        out.line("outcome", f"{pod.name}: {text}", "32" if good else "31;1")
+        ok = ok and good
+    return ok
+
+
+def describe_acts(acts: list[dict[str, Any]]) -> str:
+    parts = []
+    for a in acts:
+        if a["kind"] == "process":
+            socks = [f"{c['state'].lower()} {c['proto']} {c['address']}:{c['port']}" for c in a["connect"]]
+            socks += [f"listen {port}" for port in a["listen"]]
+            stdin = ", stdin a socket" if a["stdin"] else ""
+            parts.append(f"+{a['at']:g}s {a['name']}" + (f" ({'; '.join(socks)}{stdin})" if socks else ""))
+        else:
+            parts.append(f"+{a['at']:g}s sensor {'stopped' if a['kind'] == 'freeze' else 'killed'} {a['seconds']:g} s")
+    return ", ".join(parts)
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -619,8 +806,123 @@ def _sensor_supports(flag: str) -> bool:
     return flag in result.stdout
 
 
+#: In a run directory: what a demo left running with DEMO_KEEP=1 holds (what `--stop` ends).
+KEPT = "demo.json"
+
+
+def _fork_detached() -> int | tuple[int]:
+    """DEMO_KEEP=1: the demo runs in a child in a session of its own (so it outlives the terminal and `make`), its
+    output on the same terminal until it is left running. The parent waits for the child's exit status on a pipe
+    (`_detach_now`) and returns it as `(code,)`; the child gets the pipe's write end. Ctrl-C in the parent stops the
+    child (SIGTERM: it cleans up)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.setsid()
+        return write_end
+    os.close(write_end)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(read_end, 64)
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+            continue
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    if data.strip().isdigit():
+        return (int(data),)
+    _, status = os.waitpid(child, 0)  # it ended without leaving anything running
+    return (os.waitstatus_to_exitcode(status),)
+
+
+def _detach_now(write_end: int, code: int, log: Path | None) -> None:
+    """Tell the foreground process the exit status and let it go; from now on, output goes to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for target, source in ((0, devnull), (1, fd), (2, fd)):
+            os.dup2(source, target)
+        os.close(fd)
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(write_end, str(code).encode())
+        os.close(write_end)
+
+
+def _alive(pid: int, needle: str) -> bool:
+    """Whether `pid` runs and its command line names `needle` (a pid the kernel gave to something else is not ours)."""
+    with contextlib.suppress(OSError):
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return False
+
+
+def _wait_gone(pid: int, needle: str, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not _alive(pid, needle):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop_kept(cache: Path) -> int:
+    """`trainguard demo --stop` (`make demo-stop`): end every demo left running with DEMO_KEEP=1, say what it
+    stopped; nothing left is not an error (idempotent)."""
+    kept = sorted(cache.glob(f"demo-*/{KEPT}"))
+    if not kept:
+        print("trainguard demo --stop: no demo left running: nothing to stop")
+        return 0
+    code = 0
+    for path in kept:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # it was just stopped
+        run_dir, pid = Path(state["runDir"]), int(state["pid"])
+        what = (
+            f"the demo (pid {pid}), the operator (pid {state.get('operator')}), {len(state.get('pods', []))} demo pod "
+            f"processes with their sensors, the control plane and kwok (pids {state.get('controlPlane')}) of {run_dir}"
+        )
+        if _alive(pid, "trainguard"):
+            print(f"stopping {what} ...", flush=True)
+            os.kill(pid, signal.SIGTERM)  # it deletes the job while the operator runs, then stops everything
+            if not _wait_gone(pid, "trainguard", 120):
+                print(f"trainguard demo --stop: pid {pid} still running after 120 s; killing what it started")
+                os.kill(pid, signal.SIGKILL)
+        else:
+            print(f"the demo (pid {pid}) had already ended; stopping what it left of {run_dir}")
+        # Whatever is still there (the demo was killed, or did not finish): its processes by their recorded pids.
+        for other, needle in [(state.get("operator"), "trainguard"), *((p, "") for p in state.get("pods", []))]:
+            if other and _alive(int(other), needle) and not _wait_gone(int(other), needle, 5):
+                os.kill(int(other), signal.SIGKILL)
+        if (run_dir / "pid").exists() or (run_dir / "kwok.pid").exists():
+            env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
+            with contextlib.suppress(DemoError):
+                controlplane("down", env=env)
+        path.unlink(missing_ok=True)
+        left = [int(p) for p in [pid, state.get("operator"), *state.get("pods", []), *state.get("controlPlane", [])]
+                if p and Path(f"/proc/{p}").exists() and _alive(int(p), "")]  # fmt: skip
+        if left:
+            print(f"trainguard demo --stop: still running after the stop: pids {left}", file=sys.stderr)
+            code = 1
+        else:
+            print(f"stopped {what}")
+            if run_dir.exists():
+                print(f"logs kept in {run_dir}")
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     out = Out(sys.stdout)
+    if args.stop:
+        return stop_kept(Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard")))
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         print(
             "trainguard demo: needs root, unshare and ip (each demo pod is its own pid+net namespace)", file=sys.stderr
@@ -633,6 +935,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cache = Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard"))
     cache.mkdir(parents=True, exist_ok=True)
+    detached: int | None = None
+    if args.keep:
+        parent = _fork_detached()
+        if isinstance(parent, tuple):
+            return parent[0]  # the foreground process: the demo's exit status, once it is left running
+        detached = parent
     own_run = not os.environ.get("TRAINGUARD_RUN")
     run_dir = Path(os.environ.get("TRAINGUARD_RUN") or tempfile.mkdtemp(prefix="demo-", dir=cache))
     # Pods on 127.112.0.0/12 (one /16 per node): the tests' KWOK pods use 127.128.0.0/9, and another process on
@@ -734,7 +1042,9 @@ def run(args: argparse.Namespace) -> int:
                 (pod.work / "sensor.key").write_bytes(key)
                 (pod.work / "sensor.key").chmod(0o600)
                 flags.append(f"--key-file={pod.work / 'sensor.key'}")
-            pod.start(flags, with_attacker=pod.index == 0)
+            acts = scenario.acts[pod.index] if scenario is not None and pod.index < len(scenario.acts) else []
+            remotes = {(ATTACKER, 22)} if scenario is None and pod.index == 0 else remotes_of(acts)
+            pod.start(flags, remotes, acts)
             out.raw(f"    {pod.name} ({pod.ip}): pid 1 = host pid {pod.pid1}, work {pod.work}")
         engine = None
         if os.environ.get("DEMO_LOCAL_ENGINE", "1") == "1":
@@ -784,27 +1094,7 @@ def run(args: argparse.Namespace) -> int:
             until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
             ok = miner_caught and tunnel_caught
         else:
-            out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
-            recorded: set[str] = set()
-            wait = max(args.timeout, max(len(t) for t in scenario.gpus) + 20.0)  # the whole recording, once
-
-            def expected() -> bool:
-                recorded.update(r for o in timeline.outcome.values() for r in o.rules)
-                recorded.update(str(d.get("rule")) for ds in timeline.local.values() for d in ds)
-                return bool(scenario.expect & recorded)
-
-            if scenario.kind == "benign":
-                until_end = time.time() + wait
-                while time.time() < until_end:
-                    timeline.poll()
-                    time.sleep(0.25)
-                expected()
-                ok = not recorded and not any(o.quarantined_at for o in timeline.outcome.values())
-            else:
-                ok = until(f"one of {sorted(scenario.expect)} recorded", expected, wait)
-            out.line(
-                "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
-            )
+            ok = play_scenario(scenario, timeline, args.timeout, until)
         timeline.poll()
         out.step("latencies: from the sample that showed each step to the demo seeing the API change (upper bounds)")
         for row in timeline.latencies():
@@ -840,6 +1130,7 @@ def run(args: argparse.Namespace) -> int:
             states={p.name: p.state() for p in pods},
             status=timeline.status,
             localDecisions=timeline.local,
+            expect={p.name: sorted(scenario.expect_by_pod.get(p.index, set())) for p in pods} if scenario else {},
             pods={n: {"quarantinedAt": o.quarantined_at, "rules": sorted(o.rules), "actions": o.actions,
                       "labels": o.labels, "annotations": o.annotations, "conditions": o.conditions}
                   for n, o in timeline.outcome.items()},
@@ -860,15 +1151,31 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.summary:
             args.summary.write_text(json.dumps(summary, indent=2, default=str))
-        if args.keep:
-            out.step("DEMO_KEEP=1: left running")
+        if args.keep and detached is not None:
+            kept = {
+                "pid": os.getpid(),
+                "runDir": str(run_dir),
+                "kubeconfig": str(run_dir / "data" / "kubeconfig"),
+                "operator": operator.pid if operator is not None else None,
+                "pods": [x for p in pods for x in (p.process and p.process.pid, p.attacker and p.attacker.pid) if x],
+                "controlPlane": [int(f.read_text()) for f in (run_dir / "pid", run_dir / "kwok.pid") if f.exists()],
+            }  # fmt: skip
+            (run_dir / KEPT).write_text(json.dumps(kept))
+            summary["kept"] = kept
+            if args.summary:
+                args.summary.write_text(json.dumps(summary, indent=2, default=str))
+            out.step("DEMO_KEEP=1: left running in the background (control plane, operator, demo pods and sensors)")
             out.raw(f"export KUBECONFIG={run_dir / 'data' / 'kubeconfig'}")
             out.raw(f"export PATH={cache / 'bin'}:$PATH")
-            out.raw(f"stop it with: TRAINGUARD_RUN={run_dir} scripts/controlplane down")
-            if pods or operator:
-                out.raw("(the demo pods and the operator stop with this command: press Ctrl-C)")
-                with contextlib.suppress(KeyboardInterrupt):
-                    signal.pause()
+            out.raw(f"kubectl get atj,pods,networkpolicy -n {NAMESPACE}")
+            out.raw("stop it with: make demo-stop  (or: trainguard demo --stop)")
+            out.raw(f"(demo pid {os.getpid()}, its log from now on: {run_dir / 'demo.log'})")
+            _detach_now(detached, 0 if summary["ok"] else 1, run_dir / "demo.log")
+            out = Out(sys.stdout)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    signal.pause()  # until `trainguard demo --stop` sends SIGTERM
+            out.raw(f"stopping (SIGTERM) at {time.strftime('%H:%M:%S')}")
         out.step("cleaning up")
         if cluster is not None and operator is not None and operator.poll() is None:
             cluster.kubectl("delete", "atj", JOB, "-n", NAMESPACE, "--wait=true", "--timeout=30s", check=False)
@@ -882,7 +1189,10 @@ def run(args: argparse.Namespace) -> int:
                 operator.kill()
         with contextlib.suppress(DemoError):
             controlplane("down", env=env)
+        (run_dir / KEPT).unlink(missing_ok=True)
         if own_run and summary["ok"]:
             shutil.rmtree(run_dir, ignore_errors=True)
         elif not summary["ok"]:
             out.raw(f"logs kept in {run_dir}")
+        if detached is not None:
+            _detach_now(detached, 0 if summary["ok"] else 1, None)  # never kept (an error before): the same code
