@@ -598,8 +598,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP") == "1",
                         help="leave the control plane, operator, demo pods and sensors running in the background "
                         "and print the KUBECONFIG line (DEMO_KEEP=1); stop them with --stop")  # fmt: skip
-    parser.add_argument("--stop", action="store_true", help="stop every demo left running by DEMO_KEEP=1 (make "
-                        "demo-stop): the job, the operator, the demo pods and sensors, the control plane")  # fmt: skip
+    parser.add_argument("--stop", nargs="?", const="", default=None, metavar="RUN_DIR", help="stop every demo left "
+                        "running by DEMO_KEEP=1 (make demo-stop), or only the one of RUN_DIR: the job, the operator, "
+                        "the demo pods and sensors, the control plane; says what it stopped")  # fmt: skip
     parser.add_argument("--summary", type=Path, default=os.environ.get("DEMO_SUMMARY") or None,
                         help="write the outcome as JSON here (DEMO_SUMMARY)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("DEMO_TIMEOUT", "60")),
@@ -857,8 +858,11 @@ def _detach_now(write_end: int, code: int, log: Path | None) -> None:
 
 
 def _alive(pid: int, needle: str) -> bool:
-    """Whether `pid` runs and its command line names `needle` (a pid the kernel gave to something else is not ours)."""
-    with contextlib.suppress(OSError):
+    """Whether `pid` runs (not a zombie) and its command line names `needle` (a pid the kernel gave to something
+    else is not ours)."""
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
         return needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     return False
 
@@ -872,10 +876,11 @@ def _wait_gone(pid: int, needle: str, timeout: float) -> bool:
     return False
 
 
-def stop_kept(cache: Path) -> int:
-    """`trainguard demo --stop` (`make demo-stop`): end every demo left running with DEMO_KEEP=1, say what it
-    stopped; nothing left is not an error (idempotent)."""
-    kept = sorted(cache.glob(f"demo-*/{KEPT}"))
+def stop_kept(cache: Path, only: str) -> int:
+    """`trainguard demo --stop [RUN_DIR]` (`make demo-stop`): end every demo left running with DEMO_KEEP=1 (or the
+    one of RUN_DIR), say what it stopped; nothing left is not an error (idempotent)."""
+    kept = [Path(only) / KEPT] if only else sorted(cache.glob(f"demo-*/{KEPT}"))
+    kept = [k for k in kept if k.exists()]
     if not kept:
         print("trainguard demo --stop: no demo left running: nothing to stop")
         return 0
@@ -908,7 +913,7 @@ def stop_kept(cache: Path) -> int:
                 controlplane("down", env=env)
         path.unlink(missing_ok=True)
         left = [int(p) for p in [pid, state.get("operator"), *state.get("pods", []), *state.get("controlPlane", [])]
-                if p and Path(f"/proc/{p}").exists() and _alive(int(p), "")]  # fmt: skip
+                if p and _alive(int(p), "")]  # fmt: skip
         if left:
             print(f"trainguard demo --stop: still running after the stop: pids {left}", file=sys.stderr)
             code = 1
@@ -921,8 +926,8 @@ def stop_kept(cache: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     out = Out(sys.stdout)
-    if args.stop:
-        return stop_kept(Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard")))
+    if args.stop is not None:
+        return stop_kept(Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard")), args.stop)
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         print(
             "trainguard demo: needs root, unshare and ip (each demo pod is its own pid+net namespace)", file=sys.stderr
@@ -1129,6 +1134,7 @@ def run(args: argparse.Namespace) -> int:
             seen={p.name: p.seen for p in pods},
             states={p.name: p.state() for p in pods},
             status=timeline.status,
+            workers=[p.name for p in pods],
             localDecisions=timeline.local,
             expect={p.name: sorted(scenario.expect_by_pod.get(p.index, set())) for p in pods} if scenario else {},
             pods={n: {"quarantinedAt": o.quarantined_at, "rules": sorted(o.rules), "actions": o.actions,
