@@ -379,6 +379,7 @@ class DemoPod:
     attacker: subprocess.Popen[bytes] | None = None
     forwarder: Forwarder | None = None
     pid1: int = 0
+    remote: str = ATTACKER  # the attacker's address (the listener pod's on the real node)
     netns: str | None = None  # the real node: its network namespace (/proc/PID/ns/net), where the pod IP routes
     cluster: Cluster | None = None  # the real node: phases are started in the container with kubectl exec
     seen: dict[str, float] = field(default_factory=dict)  # step -> ts of the first sample that showed it
@@ -551,7 +552,7 @@ class Timeline:
             with contextlib.suppress(OSError):
                 if "closed" in (pod.work / "attacker.log").read_text():
                     pod.seen["cut"] = time.time()
-                    self.out.line("attacker", f"{ATTACKER}:22: the tunnel from {pod.name} was closed (cut)", "32")
+                    self.out.line("attacker", f"{pod.remote}:22: the tunnel from {pod.name} was closed (cut)", "32")
 
     def latencies(self) -> list[str]:
         """Per pod: from the first sample that showed its step to the violation in the job's status, the quarantine
@@ -605,7 +606,7 @@ class Timeline:
                     "33",
                     at=sample.ts,
                 )
-        tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
+        tunnel = [c for c in sample.connections if c.remote.address == pod.remote]
         ssh = next((p for p in sample.processes if "tunnel" in state and p.pid == state["tunnel"]), None)
         if ssh is not None and "tunnel" not in pod.seen and not tunnel:
             pod.seen["tunnel"] = sample.ts
@@ -628,7 +629,7 @@ class Timeline:
             pod.seen["cut"] = sample.ts
             self.out.line(
                 "sample",
-                f"{pod.name} seq {sample.seq}: the tunnel to {ATTACKER}:22 is gone (cut in the pod)",
+                f"{pod.name} seq {sample.seq}: the tunnel to {pod.remote}:22 is gone (cut in the pod)",
                 "32",
                 at=sample.ts,
             )
@@ -1191,7 +1192,13 @@ def run(args: argparse.Namespace) -> int:
             if time.time() > deadline or operator.poll() is not None:
                 raise DemoError(f"creating atj/{JOB}: {applied.stderr.strip()}")
             time.sleep(0.5)
-        out.step(f"atj/{JOB}: 2 workers, policy: egress only 198.51.100.0/24:443, python on the GPUs, no tunnels")
+        if scenario is not None:
+            out.step(f"atj/{JOB}: 2 workers, the policy of scenario {scenario.name} (examples/traces/)")
+        else:
+            also = f" and the listener {listener}:22" if listener else ""
+            out.step(
+                f"atj/{JOB}: 2 workers, policy: egress only 198.51.100.0/24:443{also}, python on the GPUs, no tunnels"
+            )
         running: list[dict[str, Any]] = []
         deadline = time.time() + args.timeout
         while len(running) < 2:
@@ -1226,7 +1233,7 @@ def run(args: argparse.Namespace) -> int:
             pods.append(DemoPod(index, p["metadata"]["name"], p["status"]["podIP"], work / f"worker-{index}", key))
         if node is not None:
             for pod in pods:
-                pod.netns, pod.cluster = f"/proc/{node.pid}/ns/net", cluster
+                pod.netns, pod.cluster, pod.remote = f"/proc/{node.pid}/ns/net", cluster, listener
                 pod.work.mkdir(parents=True, exist_ok=True)
                 out.raw(
                     f"    {pod.name} ({pod.ip}): trainer container (demo_pod --container) + the real sensor sidecar"
@@ -1279,7 +1286,8 @@ def run(args: argparse.Namespace) -> int:
         before_tunnel: dict[str, Any] = {}
         if scenario is None:
             until("normal ticks", lambda: timeline.seq.get(worker1.name, 0) >= MINER_TICK - 4)
-            out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
+            where = "on GPU 0" if node is None else "(no GPU on the real node: its process gives it away)"
+            out.line("phase", f"{worker1.name}: xmrig starts {where}", "1")
             worker1.trigger("miner")
             miner_caught = until(
                 "the miner quarantined", lambda: timeline.outcome[worker1.name].quarantined_at is not None
@@ -1290,7 +1298,7 @@ def run(args: argparse.Namespace) -> int:
                 "violations": [v for v in timeline.status.get("violations", []) if v.get("pod") == worker0.name],
                 "labels": dict(timeline.outcome[worker0.name].labels),
             }
-            out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
+            out.line("phase", f"{worker0.name}: ssh -R to {worker0.remote}:22 (a real TCP connection)", "1")
             worker0.trigger("tunnel")
             tunnel_caught = until(
                 "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
