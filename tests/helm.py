@@ -55,15 +55,8 @@ def template(
 ) -> list[dict[str, Any]]:
     """`helm template` with the given --set values, as a list of objects."""
     out = helm(
-        "template",
-        "tg",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        kube_version(),
-        *set_args(values or {}),
-        *extra,
+        "template", "tg", str(CHART), "--namespace", namespace, "--kube-version", kube_version(),
+        *set_args(values or {}), *extra,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

@@ -73,3 +73,4 @@ def test_status_is_a_subresource_validated_by_the_schema(cluster: Cluster, names
     assert got["status"]["conditions"][0]["reason"] == "NetTunnel"
     printed = cluster.kubectl("get", "atj", "-n", namespace, "minimal", "--no-headers").stdout.split()
     assert printed[1:5] == ["Running", "1", "1", "1"], printed
+

@@ -76,13 +76,8 @@ def test_rendered_manifests_pass_the_server_side_dry_run(
     values = {k: v.replace("NS", namespace) for k, v in values.items()}
     docs = _render(tmp_path / "chart.yaml", namespace, values)
     result = monitoring.kubectl(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--force-conflicts",
-        "--field-manager=trainguard-chart-test",
-        f"--filename={tmp_path / 'chart.yaml'}",
-        check=False,
+        "apply", "--server-side", "--dry-run=server", "--force-conflicts", "--field-manager=trainguard-chart-test",
+        f"--filename={tmp_path / 'chart.yaml'}", check=False,
     )
     assert result.returncode == 0, result.stderr
     applied = [line for line in result.stdout.splitlines() if line.endswith("serverside-applied (server dry run)")]
@@ -136,19 +131,15 @@ def _pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
-def test_chart_installs_enforces_and_uninstalls(monitoring: Cluster, namespace: str, no_admission_policy: None) -> None:
+def test_chart_installs_enforces_and_uninstalls(
+    monitoring: Cluster, namespace: str, no_admission_policy: None
+) -> None:
     cluster = monitoring
     release = "tg"
     sa = f"system:serviceaccount:{namespace}:tg-trainguard"
     installed = chart.helm(
-        "install",
-        release,
-        str(chart.CHART),
-        "--namespace",
-        namespace,
-        "--take-ownership",
-        *chart.set_args(chart.ALL_ON),
-        env=cluster.env(),
+        "install", release, str(chart.CHART), "--namespace", namespace, "--take-ownership",
+        *chart.set_args(chart.ALL_ON), env=cluster.env(),
     )
     try:
         notes = installed.stdout.split("NOTES:", 1)[1]
@@ -268,11 +259,7 @@ def test_chart_lints_against_the_control_planes_version(control_plane: Cluster) 
 def test_helm_refuses_unknown_values_before_touching_the_cluster(cluster: Cluster, namespace: str) -> None:
     result = subprocess.run(
         [str(chart.helm_bin()), "install", "bad", str(chart.CHART), "-n", namespace, "--set", "operator.replica=1"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        env=cluster.env(), capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode != 0
     assert "additional properties 'replica' not allowed" in result.stderr

@@ -98,6 +98,7 @@ def validate(openapi: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     obj = apply_defaults(openapi, copy.deepcopy(obj))
     validator = jsonschema.Draft4Validator(to_jsonschema(openapi))
     problems = [
-        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)
+        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(obj)
     ]
     return problems or cel_errors(openapi, obj)

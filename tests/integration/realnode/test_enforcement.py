@@ -138,10 +138,8 @@ def _worker(node: RealNode, ns: str, index: str) -> dict[str, Any] | None:
 def _setup(node: RealNode, ns: str, action: str) -> str:
     node.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     wait_for(
-        lambda: (
-            node.kubectl("get", "crd", "agenttrainingjobs.trainguard.io", check=False).returncode == 0
-            and node.kubectl("api-resources", "--api-group=trainguard.io", check=False).stdout.count("AgentTrainingJob")
-        ),
+        lambda: node.kubectl("get", "crd", "agenttrainingjobs.trainguard.io", check=False).returncode == 0
+        and node.kubectl("api-resources", "--api-group=trainguard.io", check=False).stdout.count("AgentTrainingJob"),
         30,
         "the AgentTrainingJob CRD is not served",
     )

@@ -35,7 +35,7 @@ OUTSIDE = (POOL, C2, OBJECT_STORE)
 #: The kernel's socket states, by number: the sensor's own table (one definition).
 _STATES = TCP_STATES
 
-_READER = r"""
+_READER = r'''
 import json, socket, struct
 def ip4(h):
     return socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(h, 16)))
@@ -51,7 +51,7 @@ for proto, path, conv in (("tcp", "/proc/net/tcp", ip4), ("tcp6", "/proc/net/tcp
         out.append({"proto": proto, "local": [conv(la), int(lp, 16)], "remote": [conv(ra), int(rp, 16)],
                     "state": int(f[3], 16), "inode": int(f[9])})
 print("SOCKETS" + json.dumps({"sockets": out, "extra": globals().get("EXTRA")}))
-"""
+'''
 
 
 def available() -> None:

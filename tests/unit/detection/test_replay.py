@@ -195,7 +195,6 @@ def test_a_sensor_killed_before_the_end_is_silent_there(tmp_path: Path) -> None:
 
 def test_an_engine_error_is_not_reported_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fault inside the engine surfaces as itself (a traceback, exit 1), never as exit 2 'bad input'."""
-
     def broken(*_: object, **__: object) -> list[object]:
         raise ValueError("an engine bug")
 
