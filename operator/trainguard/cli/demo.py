@@ -15,11 +15,21 @@ The steps (docs/sessions/2026-12-01-demo.md says why each is so):
    that showed each step and the latency from it; then `kubectl get atj`, the quarantined pods' evidence and the
    NetworkPolicy that isolates them; clean-up.
 
-Environment: DEMO_SCENARIO (`rome`, the default; or a scenario of examples/traces/scenarios.json whose signals are
-GPU telemetry: each worker replays one of its pods' GPU readings under the scenario's policy), DEMO_KEEP=1 (leave
-everything running until Ctrl-C, print the KUBECONFIG line), DEMO_SUMMARY=PATH (write the outcome as JSON: the test
-reads it), DEMO_TIMEOUT (seconds each phase may take, default 60), DEMO_LOCAL_ENGINE=0 (do not run the detection
-engine in the demo itself), TRAINGUARD_CLUSTER_CIDR (the demo pods' addresses, default 127.112.0.0/12).
+Environment (each also a flag, see --help):
+- DEMO_SCENARIO: `rome` (the default) or a scenario of examples/traces/scenarios.json, played for real: worker *i*
+  plays the recording's *i*-th pod under the scenario's policy; its sensor replays that pod's GPU telemetry; the
+  processes that appear after the first sample run as real processes with the recorded names and arguments and
+  their sockets (listeners, TCP connections, connected UDP, a TIME_WAIT beacon, a socket as stdin); a gap in the
+  samples stops the real sensor (SIGSTOP) or kills and restarts it (`trace_acts`). Not played: see NOT_PLAYED.
+- DEMO_KEEP=1: leave the control plane (or the real node), the operator, the demo pods and their sensors running in
+  the background, print the KUBECONFIG line and return; `trainguard demo --stop` (`make demo-stop`) ends them.
+- DEMO_REAL_NODE=1: rome on the real node tier (scripts/realnode: kubelet, containerd, kube-router), the workload
+  in real containers, the operator's real sensor sidecar, NetworkPolicy enforced; exit 2 with the reason where the
+  machine does not allow it (not root, packages missing). DEMO_REAL_NODE_PID/_KUBECONFIG/_KUBECTL attach to a node
+  already up (the real-node tests' session node) instead of starting one.
+- DEMO_SUMMARY=PATH (the outcome as JSON: the tests read it), DEMO_TIMEOUT (seconds each phase may take, default
+  60), DEMO_LOCAL_ENGINE=0 (do not run the detection engine in the demo itself), TRAINGUARD_CLUSTER_CIDR (the demo
+  pods' addresses, default 127.112.0.0/12).
 """
 
 from __future__ import annotations
@@ -720,8 +730,12 @@ class Timeline:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = ", ".join(s["trace"].removesuffix(".jsonl") for s in json.loads(
+        (ROOT / "examples" / "traces" / "scenarios.json").read_text()))  # fmt: skip
     parser.add_argument("--scenario", default=os.environ.get("DEMO_SCENARIO", "rome"), help="rome (default) or a "
-                        "scenario of examples/traces/scenarios.json (its GPU telemetry plays on worker 1)")  # fmt: skip
+                        f"scenario of examples/traces/scenarios.json ({names}; DEMO_SCENARIO): worker i plays the "
+                        "recording's i-th pod with real processes and sockets, its GPU telemetry replayed, its sensor "
+                        f"gaps by stopping or restarting the real sensor; {NOT_PLAYED}")  # fmt: skip
     parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP") == "1",
                         help="leave the control plane, operator, demo pods and sensors running in the background "
                         "and print the KUBECONFIG line (DEMO_KEEP=1); stop them with --stop")  # fmt: skip
