@@ -30,7 +30,7 @@ def demo(
     """`python -m trainguard demo ARGS` with DEMO_SUMMARY in `work`; its result and the summary it wrote."""
     summary = work / "summary.json"
     env = {k: v for k, v in os.environ.items() if k not in ("TRAINGUARD_RUN", "DEMO_KEEP", "DEMO_SCENARIO")}
-    env.update(DEMO_SUMMARY=str(summary), DEMO_TIMEOUT="45", NO_COLOR="1", **env_vars)
+    env.update({"DEMO_SUMMARY": str(summary), "DEMO_TIMEOUT": "45", "NO_COLOR": "1", **env_vars})
     result = subprocess.run(
         [sys.executable, "-m", "trainguard", "demo", *args],
         env=env,
