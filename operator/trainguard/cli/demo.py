@@ -40,6 +40,7 @@ import ctypes
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -983,6 +984,23 @@ def _sensor_supports(flag: str) -> bool:
     return flag in result.stdout
 
 
+def free_cluster_cidr() -> str:
+    """A /15 of 127.112.0.0/12 (one /16 per KWOK node) whose first pod addresses nobody serves on the sensor port:
+    other demos on this machine (another checkout's `make test`, a kept demo) use the same range, and another process
+    serving <podIP>:9400 would answer the operator in place of this demo's sensor. Random among the free ones."""
+    free = []
+    for second in range(112, 128, 2):
+        try:
+            for octet in (second, second + 1):
+                for host in range(1, 5):
+                    with socket.socket() as probe:
+                        probe.bind((f"127.{octet}.0.{host}", SENSOR_PORT))
+        except OSError:
+            continue
+        free.append(f"127.{second}.0.0/15")
+    return random.choice(free) if free else "127.112.0.0/12"
+
+
 #: In a run directory: what a demo left running with DEMO_KEEP=1 holds (what `--stop` ends).
 KEPT = "demo.json"
 
@@ -1139,7 +1157,8 @@ def run(args: argparse.Namespace) -> int:
     # Pods on 127.112.0.0/12 (one /16 per node): the tests' KWOK pods use 127.128.0.0/9, and another process on
     # this machine serving <podIP>:9400 would answer the operator in place of the demo's sensor.
     env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
-    env.setdefault("TRAINGUARD_CLUSTER_CIDR", "127.112.0.0/12")
+    if "TRAINGUARD_CLUSTER_CIDR" not in env:
+        env["TRAINGUARD_CLUSTER_CIDR"] = free_cluster_cidr()
     signal.signal(signal.SIGTERM, _terminate)
     work = run_dir / "pods"
     pods: list[DemoPod] = []
