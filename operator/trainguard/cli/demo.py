@@ -1435,6 +1435,7 @@ def run(args: argparse.Namespace) -> int:
             out.raw("stop it with: make demo-stop  (or: trainguard demo --stop)")
             out.raw(f"(demo pid {os.getpid()}, its log from now on: {run_dir / 'demo.log'})")
             _detach_now(detached, 0 if summary["ok"] else 1, run_dir / "demo.log")
+            detached = None  # its pipe is closed (the number may be reused): told once
             out = Out(sys.stdout)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
