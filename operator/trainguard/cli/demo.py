@@ -249,7 +249,7 @@ class RealNodeTier:
 
 
 def real_node_job(body: dict[str, Any], listener: str) -> None:
-    """The job on the real node: the workload is `demo_pod --container` in the sensor image (Python, no GPU there:
+    """The job on the real node: the workload is `demo_pod --container` in the sensor image (for its Python; no GPU:
     no GPU limit either), and the listener's address is declared egress on port 22, so that kube-router lets the
     tunnel open (a default deny would stop it before it existed: nothing to catch or cut); what gives it away is the
     `ssh -R` (process.denied, net.tunnel)."""
@@ -259,7 +259,9 @@ def real_node_job(body: dict[str, Any], listener: str) -> None:
             "name": "trainer",
             "image": SENSOR_IMAGE,
             "imagePullPolicy": "Never",
-            "command": ["python3", "-m", "trainguard.cli.demo_pod", "--container", listener],
+            # The player's source inline (it is pure standard library): the image's own copy of trainguard is
+            # whichever checkout built the cached sensor image last, not necessarily this one.
+            "command": ["python3", "-c", (Path(__file__).parent / "demo_pod.py").read_text(), "--container", listener],
         }
     ]
     spec["template"]["spec"]["terminationGracePeriodSeconds"] = 1
