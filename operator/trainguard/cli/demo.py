@@ -259,9 +259,11 @@ def real_node_job(body: dict[str, Any], listener: str) -> None:
             "name": "trainer",
             "image": SENSOR_IMAGE,
             "imagePullPolicy": "Never",
-            # The player's source inline (it is pure standard library): the image's own copy of trainguard is
-            # whichever checkout built the cached sensor image last, not necessarily this one.
-            "command": ["python3", "-c", (Path(__file__).parent / "demo_pod.py").read_text(), "--container", listener],
+            # The player's source in the environment (it is pure standard library): the image's own copy of
+            # trainguard is whichever checkout built the cached sensor image last, not necessarily this one; and not
+            # on the command line, which the sensor reports (its text names xmrig and ssh -R: process.denied).
+            "command": ["python3", "-c", "import os; exec(os.environ.pop('TG_DEMO_POD'))", "--container", listener],
+            "env": [{"name": "TG_DEMO_POD", "value": (Path(__file__).parent / "demo_pod.py").read_text()}],
         }
     ]
     spec["template"]["spec"]["terminationGracePeriodSeconds"] = 1
@@ -1431,8 +1433,12 @@ def run(args: argparse.Namespace) -> int:
             if args.summary:
                 args.summary.write_text(json.dumps(summary, indent=2, default=str))
             out.step("DEMO_KEEP=1: left running in the background (control plane, operator, demo pods and sensors)")
-            out.raw(f"export KUBECONFIG={run_dir / 'data' / 'kubeconfig'}")
+            out.raw(f"export KUBECONFIG={cluster.kubeconfig if cluster else run_dir / 'data' / 'kubeconfig'}")
             out.raw(f"export PATH={cache / 'bin'}:$PATH")
+            if node is not None:
+                out.raw(
+                    f"(the real node's API is only reachable in its namespaces: {' '.join(node.enter)} kubectl ...)"
+                )
             out.raw(f"kubectl get atj,pods,networkpolicy -n {NAMESPACE}")
             out.raw("stop it with: make demo-stop  (or: trainguard demo --stop)")
             out.raw(f"(demo pid {os.getpid()}, its log from now on: {run_dir / 'demo.log'})")
