@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test-tools node-tools test unit demo bench clean
+.PHONY: help venv constraints lint typecheck layers crds crds-check dashboards dashboards-check controlplane tools test-tools node-tools test unit demo demo-stop demo-scenarios bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ test: venv lint typecheck layers crds-check dashboards-check controlplane tools 
 
 demo: venv ## the ROME incident, caught and contained (DEMO_SCENARIO=, DEMO_KEEP=1; needs root)
 	$(BIN)/trainguard demo
+
+demo-stop: venv ## stop what DEMO_KEEP=1 left running
+	$(BIN)/trainguard demo --stop
+
+demo-scenarios: venv ## every scenario of examples/traces/ played by the demo, each outcome asserted (slow)
+	DEMO_ALL_SCENARIOS=1 $(BIN)/pytest tests/demo/test_scenarios.py
 
 bench: venv ## the benchmarks under bench/
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -16,45 +16,24 @@ lists what it relies on.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
-import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.demo.run import demo as run_demo
+from tests.demo.run import needs_root
+
 GPU_RULES = {"process.denied", "gpu.process.unexpected", "gpu.mining-signature"}
 TUNNEL_RULES = {"net.tunnel", "net.egress.undeclared", "process.denied"}
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the demo needs root: each demo pod is its own pid+net namespace"),
-    pytest.mark.skipif(
-        shutil.which("unshare") is None or shutil.which("ip") is None, reason="the demo needs unshare and ip"
-    ),
-]
+pytestmark = needs_root
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    work = tmp_path_factory.mktemp("demo")
-    summary = work / "summary.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("TRAINGUARD_RUN", "DEMO_KEEP", "DEMO_SCENARIO")}
-    env.update(DEMO_SUMMARY=str(summary), DEMO_TIMEOUT="45", NO_COLOR="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "trainguard", "demo"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=480,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    (work / "output.txt").write_text(result.stdout + result.stderr)
-    assert summary.exists(), f"the demo wrote no summary:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result, json.loads(summary.read_text())
+    return run_demo(Path(tmp_path_factory.mktemp("demo")))
 
 
 def _violations(summary: dict[str, Any], pod: str) -> list[dict[str, Any]]:

@@ -15,11 +15,21 @@ The steps (docs/sessions/2026-12-01-demo.md says why each is so):
    that showed each step and the latency from it; then `kubectl get atj`, the quarantined pods' evidence and the
    NetworkPolicy that isolates them; clean-up.
 
-Environment: DEMO_SCENARIO (`rome`, the default; or a scenario of examples/traces/scenarios.json whose signals are
-GPU telemetry: each worker replays one of its pods' GPU readings under the scenario's policy), DEMO_KEEP=1 (leave
-everything running until Ctrl-C, print the KUBECONFIG line), DEMO_SUMMARY=PATH (write the outcome as JSON: the test
-reads it), DEMO_TIMEOUT (seconds each phase may take, default 60), DEMO_LOCAL_ENGINE=0 (do not run the detection
-engine in the demo itself), TRAINGUARD_CLUSTER_CIDR (the demo pods' addresses, default 127.112.0.0/12).
+Environment (each also a flag, see --help):
+- DEMO_SCENARIO: `rome` (the default) or a scenario of examples/traces/scenarios.json, played for real: worker *i*
+  plays the recording's *i*-th pod under the scenario's policy; its sensor replays that pod's GPU telemetry; the
+  processes that appear after the first sample run as real processes with the recorded names and arguments and
+  their sockets (listeners, TCP connections, connected UDP, a TIME_WAIT beacon, a socket as stdin); a gap in the
+  samples stops the real sensor (SIGSTOP) or kills and restarts it (`trace_acts`). Not played: see NOT_PLAYED.
+- DEMO_KEEP=1: leave the control plane (or the real node), the operator, the demo pods and their sensors running in
+  the background, print the KUBECONFIG line and return; `trainguard demo --stop` (`make demo-stop`) ends them.
+- DEMO_REAL_NODE=1: rome on the real node tier (scripts/realnode: kubelet, containerd, kube-router), the workload
+  in real containers, the operator's real sensor sidecar, NetworkPolicy enforced; exit 2 with the reason where the
+  machine does not allow it (not root, packages missing). DEMO_REAL_NODE_PID/_KUBECONFIG/_KUBECTL attach to a node
+  already up (the real-node tests' session node) instead of starting one.
+- DEMO_SUMMARY=PATH (the outcome as JSON: the tests read it), DEMO_TIMEOUT (seconds each phase may take, default
+  60), DEMO_LOCAL_ENGINE=0 (do not run the detection engine in the demo itself), TRAINGUARD_CLUSTER_CIDR (the demo
+  pods' addresses, default 127.112.0.0/12).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import ctypes
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -46,7 +57,7 @@ from typing import Any, TextIO
 import yaml
 
 from trainguard.api import sensorproto
-from trainguard.api.sample import Sample
+from trainguard.api.sample import Sample, parse_sample
 from trainguard.api.v1alpha1 import AgentTrainingJob
 from trainguard.detection import Engine, EngineContext
 
@@ -63,10 +74,8 @@ GPU_RULES = {"process.denied", "gpu.process.unexpected", "gpu.mining-signature"}
 TUNNEL_RULES = {"net.tunnel", "net.egress.undeclared", "process.denied"}
 
 LISTENER = """
-import socket, subprocess, threading
+import socket, subprocess, sys, threading
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 22)); srv.listen(8)
 def serve(c, peer):
     print("open", peer, flush=True)
     try:
@@ -79,9 +88,14 @@ def serve(c, peer):
     except OSError as e:
         print("error", peer, e, flush=True)
     print("closed", peer, flush=True)
-while True:
-    c, peer = srv.accept()
-    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+def accept(srv):
+    while True:
+        c, peer = srv.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+for port in sys.argv[1:]:
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", int(port))); srv.listen(8)
+    threading.Thread(target=accept, args=(srv,)).start()
 """
 
 
@@ -116,16 +130,20 @@ class Cluster:
     run_dir: Path
     kubectl_bin: str
     kubeconfig: Path
+    prefix: tuple[str, ...] = ()  # the real node: nsenter into its namespaces (its API is only reachable there)
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+    def call(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix, self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        result = self.call(*args, stdin=stdin)
         if check and result.returncode != 0:
             raise DemoError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
@@ -147,6 +165,109 @@ def controlplane(*args: str, env: dict[str, str]) -> str:
     if result.returncode != 0:
         raise DemoError(f"scripts/controlplane {' '.join(args)} failed (exit {result.returncode})")
     return result.stdout
+
+
+# --- the real node tier (DEMO_REAL_NODE=1) -------------------------------------------------------
+
+
+REALNODE = ROOT / "scripts" / "realnode"
+SENSOR_IMAGE = "trainguard.local/sensor:1"  # built by scripts/realnode install: Python, the sensor, trainguard
+#: The attacker's listener as a pod of the real node (the same echo listener; the pod's `lo` is already up).
+LISTENER_POD = LISTENER.replace('subprocess.run(["ip", "link", "set", "lo", "up"], check=True)\n', "")
+
+
+@dataclass
+class RealNodeTier:
+    """One `scripts/realnode run DIR`: a control plane, containerd, a kubelet and kube-router (NetworkPolicy) in the
+    network and mount namespaces held by `pid` (scripts/realnode takes a host-wide lock: one per machine)."""
+
+    process: subprocess.Popen[str] | None  # None: a node someone else started (attach), left running
+    pid: int
+    kubeconfig: Path
+    kubectl: str
+
+    @classmethod
+    def attach(cls) -> RealNodeTier | None:
+        """A node already up (the real-node tests' session node): DEMO_REAL_NODE_PID, _KUBECONFIG, _KUBECTL."""
+        pid, kubeconfig, kubectl = (os.environ.get(f"DEMO_REAL_NODE_{k}") for k in ("PID", "KUBECONFIG", "KUBECTL"))
+        if not pid:
+            return None
+        if not (kubeconfig and kubectl and Path(f"/proc/{pid}/ns/net").exists()):
+            raise DemoError("DEMO_REAL_NODE_PID needs DEMO_REAL_NODE_KUBECONFIG, DEMO_REAL_NODE_KUBECTL and a live pid")
+        return cls(None, int(pid), Path(kubeconfig), kubectl)
+
+    @classmethod
+    def install(cls) -> str | None:
+        """Install what the tier needs (instant once cached); why it cannot run here, or None."""
+        result = subprocess.run([str(REALNODE), "install"], stdout=subprocess.PIPE, text=True, check=False)
+        if result.returncode == 3 and result.stdout.startswith("skip: "):
+            return result.stdout.removeprefix("skip: ").strip()
+        if result.returncode != 0:
+            raise DemoError(f"scripts/realnode install failed (exit {result.returncode}; its messages are above)")
+        return None
+
+    @classmethod
+    def start(cls, directory: Path, timeout: float = 300.0) -> RealNodeTier:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        log = directory.parent / "realnode.log"
+        process = subprocess.Popen(
+            # SIGTERM when the demo dies, so that a killed demo still tears the node down.
+            ["setpriv", "--pdeathsig", "TERM", "--", str(REALNODE), "run", str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        assert process.stdout is not None
+        seen: dict[str, str] = {}
+        deadline = time.time() + timeout  # it may wait for another checkout's node (the host-wide lock)
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            if line == "ready":
+                break
+            key, _, value = line.partition(": ")
+            seen[key] = value
+            if time.time() > deadline:
+                break
+        if "pid" not in seen or process.poll() is not None:
+            process.terminate()
+            raise DemoError(f"the real node did not come up (log {log}):\n{log.read_text()[-2000:]}")
+        return cls(process, int(seen["pid"]), Path(seen["kubeconfig"]), seen["kubectl"])
+
+    @property
+    def enter(self) -> tuple[str, ...]:
+        return ("nsenter", f"--target={self.pid}", "--net", "--mount")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def real_node_job(body: dict[str, Any], listener: str) -> None:
+    """The job on the real node: the workload is `demo_pod --container` in the sensor image (for its Python; no GPU:
+    no GPU limit either), and the listener's address is declared egress on port 22, so that kube-router lets the
+    tunnel open (a default deny would stop it before it existed: nothing to catch or cut); what gives it away is the
+    `ssh -R` (process.denied, net.tunnel)."""
+    spec = body["spec"]
+    spec["template"]["spec"]["containers"] = [
+        {
+            "name": "trainer",
+            "image": SENSOR_IMAGE,
+            "imagePullPolicy": "Never",
+            # The player's source in the environment (it is pure standard library): the image's own copy of
+            # trainguard is whichever checkout built the cached sensor image last, not necessarily this one; and not
+            # on the command line, which the sensor reports (its text names xmrig and ssh -R: process.denied).
+            "command": ["python3", "-c", "import os; exec(os.environ.pop('TG_DEMO_POD'))", "--container", listener],
+            "env": [{"name": "TG_DEMO_POD", "value": (Path(__file__).parent / "demo_pod.py").read_text()}],
+        }
+    ]
+    spec["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+    spec["policy"]["network"]["egress"].append({"cidr": f"{listener}/32", "ports": [{"port": 22, "protocol": "TCP"}]})
 
 
 # --- the demo pods ---------------------------------------------------------------------------
@@ -173,6 +294,16 @@ def _pid1(process: subprocess.Popen[bytes], what: str) -> int:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _join_netns(path: str) -> None:
+    """The calling thread (only it) joins the network namespace at `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
 class Forwarder:
     """The pod's IP and sensor port on the host, forwarded into the demo pod's network namespace (where the real
     sensor serves the same address): each accepted connection is dialled from a thread that joined that namespace."""
@@ -196,12 +327,7 @@ class Forwarder:
 
     def _dial(self, client: socket.socket) -> None:
         try:
-            fd = os.open(self.netns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
+            _join_netns(self.netns)
             upstream = socket.create_connection((self.address, self.port), timeout=5)
             upstream.settimeout(None)
         except OSError:
@@ -268,6 +394,9 @@ class DemoPod:
     attacker: subprocess.Popen[bytes] | None = None
     forwarder: Forwarder | None = None
     pid1: int = 0
+    remote: str = ATTACKER  # the attacker's address (the listener pod's on the real node)
+    netns: str | None = None  # the real node: its network namespace (/proc/PID/ns/net), where the pod IP routes
+    cluster: Cluster | None = None  # the real node: phases are started in the container with kubectl exec
     seen: dict[str, float] = field(default_factory=dict)  # step -> ts of the first sample that showed it
     closed: threading.Event = field(default_factory=threading.Event)
 
@@ -275,34 +404,48 @@ class DemoPod:
     def ref(self) -> str:
         return f"{NAMESPACE}/{self.name}"
 
-    def start(self, sensor_flags: list[str], with_attacker: bool) -> None:
+    def start(self, sensor_flags: list[str], remotes: set[tuple[str, int]], acts: list[dict[str, Any]]) -> None:
+        """Start the demo pod; with `remotes` (address, TCP port), an attacker's host that owns those addresses and
+        listens on those ports, joined to the pod by a veth pair (the pod's only route out); with `acts`, what the
+        pod plays on the `scenario` trigger."""
         self.work.mkdir(parents=True, exist_ok=True)
         sensor = [
             sys.executable, "-m", "trainguard", "sensor", f"--pod={self.ref}", f"--address={self.ip}",
             f"--port={SENSOR_PORT}", "--interval=1", *sensor_flags,
         ]  # fmt: skip
+        (self.work / "acts.json").write_text(json.dumps(acts))
         argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m"]
         argv += ["trainguard.cli.demo_pod", str(self.work), ATTACKER, json.dumps(sensor), str(self.work / "gpu.in")]
+        argv.append(str(self.work / "acts.json"))
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(self.work / "unshare.log").open("wb"))
         self.pid1 = _pid1(self.process, self.name)
-        if with_attacker:
+        if remotes:
+            ports = sorted({str(port) for _, port in remotes})
             self.attacker = subprocess.Popen(
-                ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-c", LISTENER],
+                ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-c", LISTENER, *ports],
                 stdout=(self.work / "attacker.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
             attacker_pid = _pid1(self.attacker, "the attacker's host")
             a, b = f"tgd{self.pid1}a", f"tgd{self.pid1}b"
-            for cmd in (
+            inside, outside = ["nsenter", "-t", str(self.pid1), "-n"], ["nsenter", "-t", str(attacker_pid), "-n"]
+            commands = [
                 ["ip", "link", "add", a, "type", "veth", "peer", "name", b],
                 ["ip", "link", "set", a, "netns", str(self.pid1)],
                 ["ip", "link", "set", b, "netns", str(attacker_pid)],
-                ["nsenter", "-t", str(self.pid1), "-n", "ip", "addr", "add", f"{POD_SIDE}/24", "dev", a],
-                ["nsenter", "-t", str(self.pid1), "-n", "ip", "link", "set", a, "up"],
-                ["nsenter", "-t", str(attacker_pid), "-n", "ip", "addr", "add", f"{ATTACKER}/24", "dev", b],
-                ["nsenter", "-t", str(attacker_pid), "-n", "ip", "link", "set", b, "up"],
-            ):
-                subprocess.run(cmd, check=True, capture_output=True)
+                [*inside, "ip", "addr", "add", f"{POD_SIDE}/24", "dev", a],
+                [*inside, "ip", "link", "set", a, "up"],
+                [*inside, "ip", "route", "add", "default", "dev", a],
+                [*outside, "ip", "addr", "add", f"{ATTACKER}/24", "dev", b],
+                [*outside, "ip", "link", "set", b, "up"],
+            ]
+            for address in sorted({address for address, _ in remotes} - {ATTACKER}):
+                commands.append([*outside, "ip", "addr", "add", f"{address}/32", "dev", b])
+            commands.append([*outside, "ip", "route", "add", "default", "dev", b])
+            for cmd in commands:
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise DemoError(f"{' '.join(cmd)}: {done.stderr.strip()}")
         try:
             self.forwarder = Forwarder(self.ip, SENSOR_PORT, self.pid1)
         except OSError as error:
@@ -314,13 +457,29 @@ class DemoPod:
         return {}
 
     def trigger(self, phase: str) -> None:
-        (self.work / phase).touch()
+        if self.cluster is None:
+            (self.work / phase).touch()
+            return
+        # The real node: the workload is a container; the phase file is made there, its state copied here.
+        touch = ["sh", "-c", f": > /tmp/demo/{phase}"]  # busybox without touch
+        self.cluster.kubectl("exec", "-n", NAMESPACE, self.name, "-c", "trainer", "--", *touch)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            state = self.cluster.call("exec", "-n", NAMESPACE, self.name, "-c", "trainer", "--", "cat",
+                                      "/tmp/demo/state.json").stdout  # fmt: skip
+            if f'"{phase}"' in state:
+                (self.work / "state.json").write_text(state)
+                return
+            time.sleep(0.3)
+        raise DemoError(f"{self.name}: the {phase} did not start within 15 s")
 
     def follow(self, samples: queue.Queue[tuple[DemoPod, Sample]]) -> None:
         """Read the sensor's stream through the pod's IP, as the operator does (signed lines where keyed), every
         sample of it, in a thread of its own; reconnect until stopped."""
 
         def read() -> None:
+            if self.netns:  # the real node: this thread joins the node's network namespace, where pod IPs route
+                _join_netns(self.netns)
             path = sensorproto.SAMPLES_PATH if self.key else "/v1/samples"
             while not self.closed.is_set():
                 request = urllib.request.Request(f"http://{self.ip}:{SENSOR_PORT}{path}")
@@ -403,12 +562,12 @@ class Timeline:
     def attacker_saw_close(self) -> None:
         """The attacker's end of the tunnel (the listener's log): a close there is the cut, seen from outside."""
         for pod in self.pods:
-            if pod.attacker is None or "cut" in pod.seen or "tunnel" not in pod.seen:
+            if not (pod.work / "attacker.log").exists() or "cut" in pod.seen or "tunnel" not in pod.seen:
                 continue
             with contextlib.suppress(OSError):
                 if "closed" in (pod.work / "attacker.log").read_text():
                     pod.seen["cut"] = time.time()
-                    self.out.line("attacker", f"{ATTACKER}:22: the tunnel from {pod.name} was closed (cut)", "32")
+                    self.out.line("attacker", f"{pod.remote}:22: the tunnel from {pod.name} was closed (cut)", "32")
 
     def latencies(self) -> list[str]:
         """Per pod: from the first sample that showed its step to the violation in the job's status, the quarantine
@@ -448,7 +607,21 @@ class Timeline:
                 self.out.line(
                     "sample", f"{pod.name} seq {sample.seq}: xmrig on GPU 0 (replayed telemetry)", "33", at=sample.ts
                 )
-        tunnel = [c for c in sample.connections if c.remote.address == ATTACKER]
+        for act in state.get("acts", []):  # a scenario's processes, the first sample that shows each
+            proc = next((p for p in sample.processes if p.pid == act["pid"]), None)
+            if proc is not None and f"act-{proc.pid}" not in pod.seen:
+                pid = proc.pid
+                pod.seen[f"act-{pid}"] = sample.ts
+                socks = [f"{c.remote.address}:{c.remote.port} {c.state}" for c in sample.connections if c.pid == pid]
+                socks += [f"listening on {s.local.port}" for s in sample.listening if s.pid == pid]
+                self.out.line(
+                    "sample",
+                    f"{pod.name} seq {sample.seq}: process {proc.name} pid {proc.pid} ({' '.join(proc.argv[2:])})"
+                    + (f": {', '.join(socks)}" if socks else ""),
+                    "33",
+                    at=sample.ts,
+                )
+        tunnel = [c for c in sample.connections if c.remote.address == pod.remote]
         ssh = next((p for p in sample.processes if "tunnel" in state and p.pid == state["tunnel"]), None)
         if ssh is not None and "tunnel" not in pod.seen and not tunnel:
             pod.seen["tunnel"] = sample.ts
@@ -471,7 +644,7 @@ class Timeline:
             pod.seen["cut"] = sample.ts
             self.out.line(
                 "sample",
-                f"{pod.name} seq {sample.seq}: the tunnel to {ATTACKER}:22 is gone (cut in the pod)",
+                f"{pod.name} seq {sample.seq}: the tunnel to {pod.remote}:22 is gone (cut in the pod)",
                 "32",
                 at=sample.ts,
             )
@@ -562,10 +735,22 @@ class Timeline:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = ", ".join(s["trace"].removesuffix(".jsonl") for s in json.loads(
+        (ROOT / "examples" / "traces" / "scenarios.json").read_text()))  # fmt: skip
     parser.add_argument("--scenario", default=os.environ.get("DEMO_SCENARIO", "rome"), help="rome (default) or a "
-                        "scenario of examples/traces/scenarios.json (its GPU telemetry plays on worker 1)")  # fmt: skip
+                        f"scenario of examples/traces/scenarios.json ({names}; DEMO_SCENARIO): worker i plays the "
+                        "recording's i-th pod with real processes and sockets, its GPU telemetry replayed, its sensor "
+                        f"gaps by stopping or restarting the real sensor; {NOT_PLAYED}")  # fmt: skip
     parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP") == "1",
-                        help="leave the control plane, operator and pods running (DEMO_KEEP=1)")  # fmt: skip
+                        help="leave the control plane, operator, demo pods and sensors running in the background "
+                        "and print the KUBECONFIG line (DEMO_KEEP=1); stop them with --stop")  # fmt: skip
+    parser.add_argument("--real-node", action="store_true", default=os.environ.get("DEMO_REAL_NODE") == "1",
+                        help="play rome on the real node tier (kubelet, containerd, kube-router; scripts/realnode), "
+                        "where NetworkPolicy really isolates the pod and the tunnel is really cut (DEMO_REAL_NODE=1; "
+                        "root; exits 2 saying why where the machine does not allow it)")  # fmt: skip
+    parser.add_argument("--stop", nargs="?", const="", default=None, metavar="RUN_DIR", help="stop every demo left "
+                        "running by DEMO_KEEP=1 (make demo-stop), or only the one of RUN_DIR: the job, the operator, "
+                        "the demo pods and sensors, the control plane; says what it stopped")  # fmt: skip
     parser.add_argument("--summary", type=Path, default=os.environ.get("DEMO_SUMMARY") or None,
                         help="write the outcome as JSON here (DEMO_SUMMARY)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("DEMO_TIMEOUT", "60")),
@@ -574,14 +759,98 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Scenario:
-    """A recorded scenario of examples/traces/ whose signals are GPU telemetry (or none): each worker's sensor replays
-    the GPU readings of one of the trace's pods while the demo pod runs the trainer only."""
+    """A recorded scenario of examples/traces/, played for real: worker *i* plays the trace's *i*-th pod. Its sensor
+    replays that pod's GPU readings (looping); the demo pod runs the processes that appear in the recording after its
+    first sample, with their sockets, and stops or kills its sensor where the recording has a gap (`trace_acts`)."""
 
     name: str
     kind: str
-    expect: set[str]
+    expect: set[str]  # every rule the scenario expects, of any pod
+    expect_by_pod: dict[int, set[str]]  # worker index -> the rules expected of it
     policy: dict[str, Any]  # the scenario's policy (the job takes it instead of rome-lockdown's)
     gpus: list[list[list[dict[str, Any]]]]  # per pod of the trace, in order: each tick's `gpus`
+    acts: list[list[dict[str, Any]]]  # per pod of the trace, in order: what its demo pod plays (trace_acts)
+
+    @property
+    def length(self) -> float:
+        """Seconds from the scenario's trigger to its last act."""
+        return max((a["at"] + a.get("seconds", 0.0) for acts in self.acts for a in acts), default=0.0)
+
+
+#: What a recording holds that the demo cannot play with real processes (said in `--help` and docs).
+NOT_PLAYED = (
+    "not played for real: the recording's baseline processes (the demo's trainer stands in for them), connections "
+    "to the job's other pods and into the pod (e.g. hidden-listener's download from another pod), and IPv6 sockets"
+)
+
+
+def trace_acts(per_pod: list[list[Sample]], skip: frozenset[str]) -> list[list[dict[str, Any]]]:
+    """What each pod's demo pod plays, from its samples (in order): a `process` act for each process that was not in
+    the first sample (its name and argv; the listeners and outbound connections it owns over the whole recording,
+    except to addresses in `skip`, the job's pods and DNS; a pid-less TIME_WAIT to a new remote becomes a beacon
+    process), a `freeze` or `restart` of the sensor where two samples are more than 3 s apart (seq going back: it
+    was restarted). Offsets in seconds from the first act of any pod."""
+    played: list[list[dict[str, Any]]] = []
+    for samples in per_pod:
+        if not samples:
+            played.append([])
+            continue
+        first = samples[0]
+        known = {(p.name, tuple(p.argv)) for p in first.processes}
+        remotes = {(c.remote.address, c.remote.port) for c in first.connections}
+        acts: list[dict[str, Any]] = []
+        by_pid: dict[int, dict[str, Any]] = {}
+        beacon: dict[str, Any] | None = None
+        previous: Sample | None = None
+        for sample in samples:
+            if previous is not None and (sample.seq < previous.seq or sample.ts - previous.ts > 3):
+                kind = "restart" if sample.seq < previous.seq else "freeze"
+                acts.append({"at": previous.ts + 1, "kind": kind, "seconds": round(sample.ts - previous.ts - 1, 1)})
+            previous = sample
+            for proc in sample.processes:
+                if (proc.name, tuple(proc.argv)) in known or proc.pid in by_pid:
+                    continue
+                known.add((proc.name, tuple(proc.argv)))
+                stdin = proc.stdin is not None and proc.stdin.kind == "socket"
+                argv = list(proc.argv) or [proc.name]
+                act: dict[str, Any] = {"at": sample.ts, "kind": "process", "name": proc.name, "argv": argv,
+                                       "connect": [], "listen": [], "stdin": stdin}  # fmt: skip
+                by_pid[proc.pid] = act
+                acts.append(act)
+            for listener in sample.listening:
+                owner = by_pid.get(listener.pid) if listener.pid is not None else None
+                port = listener.local.port
+                if owner is not None and ":" not in listener.local.address and port not in owner["listen"]:
+                    owner["listen"].append(port)
+            for c in sample.connections:
+                address, port = c.remote.address, c.remote.port
+                if address in skip or ":" in address or c.proto not in ("tcp", "udp"):
+                    continue
+                owner = by_pid.get(c.pid) if c.pid is not None else None
+                if owner is None and c.pid is None and c.state == "TIME_WAIT" and (address, port) not in remotes:
+                    if beacon is None:
+                        beacon = {"at": sample.ts, "kind": "process", "name": "python3", "argv": ["python3"],
+                                  "connect": [], "listen": [], "stdin": False}  # fmt: skip
+                        acts.append(beacon)
+                    owner = beacon
+                if owner is None or c.local.port in owner["listen"]:
+                    continue  # a baseline process's socket, or a connection into the pod
+                entry = {"proto": c.proto, "address": address, "port": port,
+                         "state": "TIME_WAIT" if c.state == "TIME_WAIT" else "ESTABLISHED"}  # fmt: skip
+                if entry not in owner["connect"]:
+                    owner["connect"].append(entry)
+        played.append(acts)
+    start = min((float(a["at"]) for acts in played for a in acts), default=0.0)
+    for acts in played:
+        for act in acts:
+            act["at"] = round(float(act["at"]) - start, 1)
+        acts.sort(key=lambda a: float(a["at"]))
+    return played
+
+
+def remotes_of(acts: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """The TCP (address, port) pairs a pod's acts connect to: the attacker's host must own and serve them."""
+    return {(c["address"], c["port"]) for a in acts for c in a.get("connect", []) if c["proto"] == "tcp"}
 
 
 def load_scenario(name: str) -> Scenario | None:
@@ -592,20 +861,120 @@ def load_scenario(name: str) -> Scenario | None:
     if name not in table:
         raise DemoError(f"DEMO_SCENARIO={name}: not a scenario; choose rome or one of {', '.join(table)}")
     entry = table[name]
-    expect = {e["rule"] if isinstance(e, dict) else str(e) for e in entry["expect"]}
-    if expect and not any(r.startswith("gpu.") for r in expect):
-        raise DemoError(
-            f"DEMO_SCENARIO={name}: its signals ({', '.join(sorted(expect))}) are processes and sockets, which the "
-            f"demo plays with real ones only in the rome scenario; replay the recording with "
-            f"`trainguard replay examples/traces/{name}.jsonl --policy examples/traces/{entry['policy']}`"
-        )
-    per_pod: dict[str, list[list[dict[str, Any]]]] = {}
+    per_pod: dict[str, list[Sample]] = {}
     for line in (traces / f"{name}.jsonl").read_text().splitlines():
         if line.strip():
-            row = json.loads(line)
-            per_pod.setdefault(row.get("pod", ""), []).append(row.get("gpus", []))
+            sample = parse_sample(line)
+            per_pod.setdefault(sample.pod, []).append(sample)
+    order = list(per_pod)
+    expect_by_pod: dict[int, set[str]] = {}
+    for e in entry["expect"]:
+        expect_by_pod.setdefault(order.index(e["pod"]) if e["pod"] in order else 0, set()).add(e["rule"])
+    context = entry.get("context", {})
+    skip = frozenset(context.get("podIPs", [])) | frozenset(context.get("dnsResolvers", []))
     policy = yaml.safe_load((traces / entry["policy"]).read_text())["spec"]["policy"]
-    return Scenario(name, entry["kind"], {r for r in expect if r.startswith("gpu.")}, policy, list(per_pod.values()))
+    return Scenario(
+        name=name,
+        kind=entry["kind"],
+        expect={e["rule"] for e in entry["expect"]},
+        expect_by_pod=expect_by_pod,
+        policy=policy,
+        gpus=[
+            [[g.model_dump(by_alias=True, exclude_none=True) for g in s.gpus] for s in pod] for pod in per_pod.values()
+        ],
+        acts=trace_acts(list(per_pod.values()), skip),
+    )
+
+
+def play_scenario(scenario: Scenario, timeline: Timeline, timeout: float, until: Any) -> bool:
+    """Trigger every pod's acts, wait for the expected outcome (or, for a benign scenario, the whole recording),
+    and judge it from what the operator recorded in the API: each expected pod has one of its rules, every other
+    pod has no violation and no quarantine; a benign scenario has none at all (the demo's own engine neither)."""
+    pods, out = timeline.pods, timeline.out
+    acted = [p for p in pods if p.index < len(scenario.acts) and scenario.acts[p.index]]
+    played = ", ".join(f"{p.name}: {describe_acts(scenario.acts[p.index])}" for p in acted) or "no process or socket"
+    out.line("phase", f"scenario {scenario.name} ({scenario.kind}), GPU telemetry replayed; plays {played}", "1")
+    until("a few samples of each worker", lambda: min(timeline.seq.get(p.name, -1) for p in pods) >= 3)
+    for pod in acted:
+        pod.trigger("scenario")
+    expected = {p.name: scenario.expect_by_pod.get(p.index, set()) for p in pods}
+
+    def rules(pod: DemoPod) -> set[str]:
+        return timeline.outcome[pod.name].rules
+
+    def caught() -> bool:
+        return all(rules(p) & want for p in pods if (want := expected[p.name]))
+
+    wait = max(timeout, scenario.length + 30.0, max(len(t) for t in scenario.gpus) + 20.0)
+    if scenario.kind == "benign" or not scenario.expect:
+        until_end = time.time() + wait
+        while time.time() < until_end:  # the whole recording, once
+            timeline.poll()
+            time.sleep(0.25)
+    else:
+        until(f"{', '.join(f'{n}: one of {sorted(r)}' for n, r in expected.items() if r)} recorded", caught, wait)
+    timeline.poll()
+    # The demo's own engine, for a benign scenario: its sensor.* decisions are left out (they judge the demo's
+    # reading of the stream, whose reconnects on a loaded machine look like gaps; the operator reads its own).
+    local = {p.name: {str(d.get("rule")) for d in timeline.local[p.name]} for p in pods}
+    local_judged = {n: {r for r in rules if not r.startswith("sensor.")} for n, rules in local.items()}
+    ok = True
+    for pod in pods:
+        want, got = expected[pod.name], rules(pod)
+        quarantined = timeline.outcome[pod.name].quarantined_at is not None
+        if want:
+            good = bool(got & want)
+            text = f"expected one of {sorted(want)}; the operator recorded {sorted(got) or 'nothing'}"
+        else:
+            good = not got and not quarantined and (scenario.kind != "benign" or not local_judged[pod.name])
+            text = f"expected no violation; the operator recorded {sorted(got) or 'none'}" + (
+                ", quarantined" if quarantined else ""
+            )
+        text += f" (the demo's engine: {sorted(local[pod.name]) or 'nothing'})"
+        out.line("outcome", f"{pod.name}: {text}", "32" if good else "31;1")
+        ok = ok and good
+    return ok
+
+
+def describe_acts(acts: list[dict[str, Any]]) -> str:
+    parts = []
+    for a in acts:
+        if a["kind"] == "process":
+            socks = [f"{c['state'].lower()} {c['proto']} {c['address']}:{c['port']}" for c in a["connect"]]
+            socks += [f"listen {port}" for port in a["listen"]]
+            stdin = ", stdin a socket" if a["stdin"] else ""
+            parts.append(f"+{a['at']:g}s {a['name']}" + (f" ({'; '.join(socks)}{stdin})" if socks else ""))
+        else:
+            parts.append(f"+{a['at']:g}s sensor {'stopped' if a['kind'] == 'freeze' else 'killed'} {a['seconds']:g} s")
+    return ", ".join(parts)
+
+
+def _follow_listener(cluster: Cluster, log: Path, stop: threading.Event) -> None:
+    """The real node: the listener pod's log (open/closed per connection) copied into `log`, twice a second."""
+
+    def copy() -> None:
+        while not stop.wait(0.5):
+            result = cluster.call("logs", "-n", NAMESPACE, "listener")
+            if result.returncode == 0:
+                log.write_text(result.stdout)
+
+    log.write_text("")
+    threading.Thread(target=copy, daemon=True).start()
+
+
+def _new_connection_blocked(cluster: Cluster, pod: str, listener: str) -> bool:
+    """From the quarantined pod's trainer container, three tries at a new TCP connection to the listener: blocked
+    when none opens (one probe can pass while kube-router applies the policy: each is retried a few times)."""
+    probe = f"import socket; socket.create_connection(({listener!r}, 22), timeout=2); print('open')"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        tries = [
+            cluster.call("exec", "-n", NAMESPACE, pod, "-c", "trainer", "--", "python3", "-c", probe) for _ in range(3)
+        ]
+        if all("open" not in t.stdout for t in tries):
+            return True
+        time.sleep(1)
+    return False
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -619,8 +988,144 @@ def _sensor_supports(flag: str) -> bool:
     return flag in result.stdout
 
 
+def free_cluster_cidr() -> str:
+    """A /15 of 127.112.0.0/12 (one /16 per KWOK node) whose first pod addresses nobody serves on the sensor port:
+    other demos on this machine (another checkout's `make test`, a kept demo) use the same range, and another process
+    serving <podIP>:9400 would answer the operator in place of this demo's sensor. Random among the free ones."""
+    free = []
+    for second in range(112, 128, 2):
+        try:
+            for octet in (second, second + 1):
+                for host in range(1, 5):
+                    with socket.socket() as probe:
+                        probe.bind((f"127.{octet}.0.{host}", SENSOR_PORT))
+        except OSError:
+            continue
+        free.append(f"127.{second}.0.0/15")
+    return random.choice(free) if free else "127.112.0.0/12"
+
+
+#: In a run directory: what a demo left running with DEMO_KEEP=1 holds (what `--stop` ends).
+KEPT = "demo.json"
+
+
+def _fork_detached() -> int | tuple[int]:
+    """DEMO_KEEP=1: the demo runs in a child in a session of its own (so it outlives the terminal and `make`), its
+    output on the same terminal until it is left running. The parent waits for the child's exit status on a pipe
+    (`_detach_now`) and returns it as `(code,)`; the child gets the pipe's write end. Ctrl-C in the parent stops the
+    child (SIGTERM: it cleans up)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.setsid()
+        return write_end
+    os.close(write_end)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(read_end, 64)
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+            continue
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    if data.strip().isdigit():
+        return (int(data),)
+    _, status = os.waitpid(child, 0)  # it ended without leaving anything running
+    return (os.waitstatus_to_exitcode(status),)
+
+
+def _detach_now(write_end: int, code: int, log: Path | None) -> None:
+    """Tell the foreground process the exit status and let it go; from now on, output goes to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for target, source in ((0, devnull), (1, fd), (2, fd)):
+            os.dup2(source, target)
+        os.close(fd)
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(write_end, str(code).encode())
+        os.close(write_end)
+
+
+def _alive(pid: int, needle: str) -> bool:
+    """Whether `pid` runs (not a zombie) and its command line names `needle` (a pid the kernel gave to something
+    else is not ours)."""
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return False
+
+
+def _wait_gone(pid: int, needle: str, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not _alive(pid, needle):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop_kept(cache: Path, only: str) -> int:
+    """`trainguard demo --stop [RUN_DIR]` (`make demo-stop`): end every demo left running with DEMO_KEEP=1 (or the
+    one of RUN_DIR), say what it stopped; nothing left is not an error (idempotent)."""
+    kept = [Path(only) / KEPT] if only else sorted(cache.glob(f"demo-*/{KEPT}"))
+    kept = [k for k in kept if k.exists()]
+    if not kept:
+        print("trainguard demo --stop: no demo left running: nothing to stop")
+        return 0
+    code = 0
+    for path in kept:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # it was just stopped
+        run_dir, pid = Path(state["runDir"]), int(state["pid"])
+        what = (
+            f"the demo (pid {pid}), the operator (pid {state.get('operator')}), {len(state.get('pods', []))} demo pod "
+            f"processes with their sensors, the control plane and kwok (pids {state.get('controlPlane')}) of {run_dir}"
+        )
+        if _alive(pid, "trainguard"):
+            print(f"stopping {what} ...", flush=True)
+            os.kill(pid, signal.SIGTERM)  # it deletes the job while the operator runs, then stops everything
+            if not _wait_gone(pid, "trainguard", 120):
+                print(f"trainguard demo --stop: pid {pid} still running after 120 s; killing what it started")
+                os.kill(pid, signal.SIGKILL)
+        else:
+            print(f"the demo (pid {pid}) had already ended; stopping what it left of {run_dir}")
+        # Whatever is still there (the demo was killed, or did not finish): its processes by their recorded pids.
+        for other, needle in [(state.get("operator"), "trainguard"), *((p, "") for p in state.get("pods", []))]:
+            if other and _alive(int(other), needle) and not _wait_gone(int(other), needle, 5):
+                os.kill(int(other), signal.SIGKILL)
+        if (run_dir / "pid").exists() or (run_dir / "kwok.pid").exists():
+            env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
+            with contextlib.suppress(DemoError):
+                controlplane("down", env=env)
+        path.unlink(missing_ok=True)
+        left = [int(p) for p in [pid, state.get("operator"), *state.get("pods", []), *state.get("controlPlane", [])]
+                if p and _alive(int(p), "")]  # fmt: skip
+        if left:
+            print(f"trainguard demo --stop: still running after the stop: pids {left}", file=sys.stderr)
+            code = 1
+        else:
+            print(f"stopped {what}")
+            if run_dir.exists():
+                print(f"logs kept in {run_dir}")
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     out = Out(sys.stdout)
+    if args.stop is not None:
+        return stop_kept(Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard")), args.stop)
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         print(
             "trainguard demo: needs root, unshare and ip (each demo pod is its own pid+net namespace)", file=sys.stderr
@@ -631,33 +1136,66 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as error:
         print(f"trainguard demo: {error}", file=sys.stderr)
         return 2
+    if args.real_node:
+        if scenario is not None:
+            print("trainguard demo: DEMO_REAL_NODE=1 plays the rome story only (unset DEMO_SCENARIO)", file=sys.stderr)
+            return 2
+        try:
+            reason = RealNodeTier.install()
+        except DemoError as error:
+            print(f"trainguard demo: DEMO_REAL_NODE=1: {error}", file=sys.stderr)
+            return 1
+        if reason:
+            print(f"trainguard demo: DEMO_REAL_NODE=1 cannot run on this machine: {reason}", file=sys.stderr)
+            return 2
     cache = Path(os.environ.get("TRAINGUARD_CACHE", Path.home() / ".cache" / "trainguard"))
     cache.mkdir(parents=True, exist_ok=True)
+    detached: int | None = None
+    if args.keep:
+        parent = _fork_detached()
+        if isinstance(parent, tuple):
+            return parent[0]  # the foreground process: the demo's exit status, once it is left running
+        detached = parent
     own_run = not os.environ.get("TRAINGUARD_RUN")
     run_dir = Path(os.environ.get("TRAINGUARD_RUN") or tempfile.mkdtemp(prefix="demo-", dir=cache))
     # Pods on 127.112.0.0/12 (one /16 per node): the tests' KWOK pods use 127.128.0.0/9, and another process on
     # this machine serving <podIP>:9400 would answer the operator in place of the demo's sensor.
     env = {**os.environ, "TRAINGUARD_RUN": str(run_dir)}
-    env.setdefault("TRAINGUARD_CLUSTER_CIDR", "127.112.0.0/12")
+    if "TRAINGUARD_CLUSTER_CIDR" not in env:
+        env["TRAINGUARD_CLUSTER_CIDR"] = free_cluster_cidr()
     signal.signal(signal.SIGTERM, _terminate)
     work = run_dir / "pods"
     pods: list[DemoPod] = []
     operator: subprocess.Popen[bytes] | None = None
     cluster: Cluster | None = None
-    summary: dict[str, Any] = {"scenario": args.scenario, "ok": False}
+    node: RealNodeTier | None = None
+    summary: dict[str, Any] = {"scenario": args.scenario, "ok": False, "realNode": bool(args.real_node)}
     try:
-        out.step("control plane with 2 KWOK nodes (first run builds it: 10-20 min, progress below)")
-        controlplane("tools", env=env)
-        controlplane("up", "--kwok-nodes", "2", env=env)
-        cluster = Cluster(run_dir, str(cache / "bin" / "kubectl"), run_dir / "data" / "kubeconfig")
+        if args.real_node:
+            out.step(
+                "the real node tier: control plane, containerd, kubelet, kube-router (NetworkPolicy), in namespaces"
+            )
+            node = RealNodeTier.attach() or RealNodeTier.start(run_dir / "node")
+            cluster = Cluster(run_dir, node.kubectl, node.kubeconfig, node.enter)
+            out.raw(f"    node up, its namespaces held by pid {node.pid} (enter: {' '.join(node.enter)})")
+        else:
+            out.step("control plane with 2 KWOK nodes (first run builds it: 10-20 min, progress below)")
+            controlplane("tools", env=env)
+            controlplane("up", "--kwok-nodes", "2", env=env)
+            cluster = Cluster(run_dir, str(cache / "bin" / "kubectl"), run_dir / "data" / "kubeconfig")
         out.step("CRD, namespace, admission policy and the operator (trainguard run)")
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/agenttrainingjobs.trainguard.io", "--timeout=30s")
         cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         oplog = (run_dir / "operator.log").open("wb")
+        extra: list[str] = []
+        if node is not None:  # the operator runs in the node's namespaces (it reaches every pod, as in a cluster)
+            (run_dir / "master.key").write_text(os.urandom(32).hex())
+            extra = [f"--sensor-image={SENSOR_IMAGE}", f"--sensor-master-key-file={run_dir / 'master.key'}",
+                     "--dns-ip=10.96.0.10"]  # fmt: skip
         operator = subprocess.Popen(
-            [sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}",
-             f"--namespace={NAMESPACE}", "--admission-policy", "--metrics-port=0", "--resync=5"],
+            [*cluster.prefix, sys.executable, "-m", "trainguard", "run", f"--kubeconfig={cluster.kubeconfig}",
+             f"--namespace={NAMESPACE}", "--admission-policy", "--metrics-port=0", "--resync=5", *extra],
             stdout=oplog, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out.raw(f"    operator pid {operator.pid}, log {run_dir / 'operator.log'}")
@@ -665,22 +1203,39 @@ def run(args: argparse.Namespace) -> int:
         body["metadata"]["name"], body["metadata"]["namespace"] = JOB, NAMESPACE
         if scenario is not None:
             body["spec"]["policy"] = scenario.policy
+        listener = ""
+        if node is not None:
+            pod_body = {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "listener", "namespace": NAMESPACE,
+                                                                 "labels": {"app": "attacker"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+                         "containers": [{"name": "listen", "image": SENSOR_IMAGE, "imagePullPolicy": "Never",
+                                         "command": ["python3", "-u", "-c", LISTENER_POD, "22"]}]},
+            }  # fmt: skip
+            cluster.kubectl("apply", "-f", "-", stdin=json.dumps(pod_body))
+            cluster.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "pod/listener", "--timeout=90s")
+            listener = cluster.get("pod", "listener", "-n", NAMESPACE)["status"]["podIP"]
+            out.raw(f"    the attacker's host: pod listener at {listener}:22 (an echo server that logs open/close)")
+            real_node_job(body, listener)
         # KWOK reports a pod Running before the demo has started its sensor (the key is read from the API first):
         # a wider silence bound than the example's 10 s, so that a slow machine's start is not `sensor.silent`.
         body["spec"].setdefault("monitoring", {})["sensorSilenceSeconds"] = 30
         atj = AgentTrainingJob.model_validate(body)
         deadline = time.time() + 30
         while True:  # the admission policy is installed by the operator at start
-            applied = subprocess.run(
-                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
-                input=json.dumps(body), capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            applied = cluster.call("apply", "-f", "-", stdin=json.dumps(body))
             if applied.returncode == 0:
                 break
             if time.time() > deadline or operator.poll() is not None:
                 raise DemoError(f"creating atj/{JOB}: {applied.stderr.strip()}")
             time.sleep(0.5)
-        out.step(f"atj/{JOB}: 2 workers, policy: egress only 198.51.100.0/24:443, python on the GPUs, no tunnels")
+        if scenario is not None:
+            out.step(f"atj/{JOB}: 2 workers, the policy of scenario {scenario.name} (examples/traces/)")
+        else:
+            also = f" and the listener {listener}:22" if listener else ""
+            out.step(
+                f"atj/{JOB}: 2 workers, policy: egress only 198.51.100.0/24:443{also}, python on the GPUs, no tunnels"
+            )
         running: list[dict[str, Any]] = []
         deadline = time.time() + args.timeout
         while len(running) < 2:
@@ -696,11 +1251,9 @@ def run(args: argparse.Namespace) -> int:
         key: bytes | None = None
         deadline = time.time() + (15 if _sensor_supports("--key-file") else 0)
         while key is None and time.time() < deadline:
-            secret = subprocess.run(
-                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "secret", f"{JOB}-sensor-key",
-                 "-n", NAMESPACE, "-o", "jsonpath={.data.sensor\\.key}"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            secret = cluster.call(
+                "get", "secret", f"{JOB}-sensor-key", "-n", NAMESPACE, "-o", "jsonpath={.data.sensor\\.key}"
+            )
             if secret.returncode == 0 and secret.stdout:
                 import base64  # noqa: PLC0415
 
@@ -715,8 +1268,17 @@ def run(args: argparse.Namespace) -> int:
         for p in running:
             index = len(pods)
             pods.append(DemoPod(index, p["metadata"]["name"], p["status"]["podIP"], work / f"worker-{index}", key))
-        out.step("demo pods: real processes and sockets in their own pid+net namespaces, the real sensor in each")
-        for pod in pods:
+        if node is not None:
+            for pod in pods:
+                pod.netns, pod.cluster, pod.remote = f"/proc/{node.pid}/ns/net", cluster, listener
+                pod.work.mkdir(parents=True, exist_ok=True)
+                out.raw(
+                    f"    {pod.name} ({pod.ip}): trainer container (demo_pod --container) + the real sensor sidecar"
+                )
+            _follow_listener(cluster, pods[0].work / "attacker.log", pods[0].closed)
+        else:
+            out.step("demo pods: real processes and sockets in their own pid+net namespaces, the real sensor in each")
+        for pod in pods if node is None else []:
             pod.work.mkdir(parents=True, exist_ok=True)
             trace = pod.work / "gpu.jsonl"  # written by the demo pod from gpu.in
             if scenario is None:
@@ -734,7 +1296,9 @@ def run(args: argparse.Namespace) -> int:
                 (pod.work / "sensor.key").write_bytes(key)
                 (pod.work / "sensor.key").chmod(0o600)
                 flags.append(f"--key-file={pod.work / 'sensor.key'}")
-            pod.start(flags, with_attacker=pod.index == 0)
+            acts = scenario.acts[pod.index] if scenario is not None and pod.index < len(scenario.acts) else []
+            remotes = {(ATTACKER, 22)} if scenario is None and pod.index == 0 else remotes_of(acts)
+            pod.start(flags, remotes, acts)
             out.raw(f"    {pod.name} ({pod.ip}): pid 1 = host pid {pod.pid1}, work {pod.work}")
         engine = None
         if os.environ.get("DEMO_LOCAL_ENGINE", "1") == "1":
@@ -759,7 +1323,8 @@ def run(args: argparse.Namespace) -> int:
         before_tunnel: dict[str, Any] = {}
         if scenario is None:
             until("normal ticks", lambda: timeline.seq.get(worker1.name, 0) >= MINER_TICK - 4)
-            out.line("phase", f"{worker1.name}: xmrig starts on GPU 0", "1")
+            where = "on GPU 0" if node is None else "(no GPU on the real node: its process gives it away)"
+            out.line("phase", f"{worker1.name}: xmrig starts {where}", "1")
             worker1.trigger("miner")
             miner_caught = until(
                 "the miner quarantined", lambda: timeline.outcome[worker1.name].quarantined_at is not None
@@ -770,7 +1335,7 @@ def run(args: argparse.Namespace) -> int:
                 "violations": [v for v in timeline.status.get("violations", []) if v.get("pod") == worker0.name],
                 "labels": dict(timeline.outcome[worker0.name].labels),
             }
-            out.line("phase", f"{worker0.name}: ssh -R to {ATTACKER}:22 (a real TCP connection)", "1")
+            out.line("phase", f"{worker0.name}: ssh -R to {worker0.remote}:22 (a real TCP connection)", "1")
             worker0.trigger("tunnel")
             tunnel_caught = until(
                 "the tunnel quarantined", lambda: timeline.outcome[worker0.name].quarantined_at is not None
@@ -781,30 +1346,21 @@ def run(args: argparse.Namespace) -> int:
                     lambda: "cut" in worker0.seen,
                     15.0,
                 )
-            until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
-            ok = miner_caught and tunnel_caught
+            if node is None:
+                until("xmrig on worker 1's GPU in the samples", lambda: "gpu" in worker1.seen, 15.0)
+                ok = miner_caught and tunnel_caught
+            else:  # no GPU on the real node: the miner is caught by its process; the isolation is kube-router's
+                blocked = tunnel_caught and _new_connection_blocked(cluster, worker0.name, listener)
+                summary["newConnectionBlocked"] = blocked
+                out.line(
+                    "isolated" if blocked else "open",
+                    f"{worker0.name}: a new connection to {listener}:22 "
+                    + ("fails: the NetworkPolicy (kube-router) isolates the pod" if blocked else "still opens"),
+                    "32" if blocked else "31;1",
+                )
+                ok = miner_caught and tunnel_caught and "cut" in worker0.seen and blocked
         else:
-            out.line("phase", f"scenario {scenario.name} ({scenario.kind}): each sensor replays its GPU telemetry", "1")
-            recorded: set[str] = set()
-            wait = max(args.timeout, max(len(t) for t in scenario.gpus) + 20.0)  # the whole recording, once
-
-            def expected() -> bool:
-                recorded.update(r for o in timeline.outcome.values() for r in o.rules)
-                recorded.update(str(d.get("rule")) for ds in timeline.local.values() for d in ds)
-                return bool(scenario.expect & recorded)
-
-            if scenario.kind == "benign":
-                until_end = time.time() + wait
-                while time.time() < until_end:
-                    timeline.poll()
-                    time.sleep(0.25)
-                expected()
-                ok = not recorded and not any(o.quarantined_at for o in timeline.outcome.values())
-            else:
-                ok = until(f"one of {sorted(scenario.expect)} recorded", expected, wait)
-            out.line(
-                "outcome", f"expected {sorted(scenario.expect) or 'no violation'}; recorded {sorted(recorded)}", "1"
-            )
+            ok = play_scenario(scenario, timeline, args.timeout, until)
         timeline.poll()
         out.step("latencies: from the sample that showed each step to the demo seeing the API change (upper bounds)")
         for row in timeline.latencies():
@@ -839,7 +1395,9 @@ def run(args: argparse.Namespace) -> int:
             seen={p.name: p.seen for p in pods},
             states={p.name: p.state() for p in pods},
             status=timeline.status,
+            workers=[p.name for p in pods],
             localDecisions=timeline.local,
+            expect={p.name: sorted(scenario.expect_by_pod.get(p.index, set())) for p in pods} if scenario else {},
             pods={n: {"quarantinedAt": o.quarantined_at, "rules": sorted(o.rules), "actions": o.actions,
                       "labels": o.labels, "annotations": o.annotations, "conditions": o.conditions}
                   for n, o in timeline.outcome.items()},
@@ -860,15 +1418,37 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.summary:
             args.summary.write_text(json.dumps(summary, indent=2, default=str))
-        if args.keep:
-            out.step("DEMO_KEEP=1: left running")
-            out.raw(f"export KUBECONFIG={run_dir / 'data' / 'kubeconfig'}")
+        if args.keep and detached is not None:
+            kept = {
+                "pid": os.getpid(),
+                "runDir": str(run_dir),
+                "kubeconfig": str(run_dir / "data" / "kubeconfig"),
+                "operator": operator.pid if operator is not None else None,
+                "pods": [x for p in pods for x in (p.process and p.process.pid, p.attacker and p.attacker.pid) if x],
+                "controlPlane": [int(f.read_text()) for f in (run_dir / "pid", run_dir / "kwok.pid") if f.exists()]
+                + ([node.process.pid] if node is not None and node.process is not None else []),
+            }  # fmt: skip
+            (run_dir / KEPT).write_text(json.dumps(kept))
+            summary["kept"] = kept
+            if args.summary:
+                args.summary.write_text(json.dumps(summary, indent=2, default=str))
+            out.step("DEMO_KEEP=1: left running in the background (control plane, operator, demo pods and sensors)")
+            out.raw(f"export KUBECONFIG={cluster.kubeconfig if cluster else run_dir / 'data' / 'kubeconfig'}")
             out.raw(f"export PATH={cache / 'bin'}:$PATH")
-            out.raw(f"stop it with: TRAINGUARD_RUN={run_dir} scripts/controlplane down")
-            if pods or operator:
-                out.raw("(the demo pods and the operator stop with this command: press Ctrl-C)")
-                with contextlib.suppress(KeyboardInterrupt):
-                    signal.pause()
+            if node is not None:
+                out.raw(
+                    f"(the real node's API is only reachable in its namespaces: {' '.join(node.enter)} kubectl ...)"
+                )
+            out.raw(f"kubectl get atj,pods,networkpolicy -n {NAMESPACE}")
+            out.raw("stop it with: make demo-stop  (or: trainguard demo --stop)")
+            out.raw(f"(demo pid {os.getpid()}, its log from now on: {run_dir / 'demo.log'})")
+            _detach_now(detached, 0 if summary["ok"] else 1, run_dir / "demo.log")
+            detached = None  # its pipe is closed (the number may be reused): told once
+            out = Out(sys.stdout)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    signal.pause()  # until `trainguard demo --stop` sends SIGTERM
+            out.raw(f"stopping (SIGTERM) at {time.strftime('%H:%M:%S')}")
         out.step("cleaning up")
         if cluster is not None and operator is not None and operator.poll() is None:
             cluster.kubectl("delete", "atj", JOB, "-n", NAMESPACE, "--wait=true", "--timeout=30s", check=False)
@@ -880,9 +1460,17 @@ def run(args: argparse.Namespace) -> int:
                 operator.wait(30)
             if operator.poll() is None:
                 operator.kill()
-        with contextlib.suppress(DemoError):
-            controlplane("down", env=env)
+        if node is not None and node.process is None and cluster is not None:
+            cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)  # not our node: tidy
+        if node is not None:
+            node.stop()
+        else:
+            with contextlib.suppress(DemoError):
+                controlplane("down", env=env)
+        (run_dir / KEPT).unlink(missing_ok=True)
         if own_run and summary["ok"]:
             shutil.rmtree(run_dir, ignore_errors=True)
         elif not summary["ok"]:
             out.raw(f"logs kept in {run_dir}")
+        if detached is not None:
+            _detach_now(detached, 0 if summary["ok"] else 1, None)  # never kept (an error before): the same code
