@@ -70,19 +70,10 @@ def run_operator(
         "--operator-namespace=trainguard-system",
         *extra,
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    running = RunningOperator(process, log_path, port)
-    try:
-        wait_for(
-            lambda: running.alive() and running.metrics(),
-            30,
-            f"the operator did not serve /metrics; log:\n{log_path.read_text()[-3000:]}",
-            ignoring=(OSError,),
-        )
-        yield running
-    finally:
+    with started(command, log_path, port) as running:
         try:
+            yield running
+        finally:
             if running.alive():
                 items = cluster.custom.list_namespaced_custom_object(*ATJ[:2], namespace, ATJ[2])["items"]
                 for item in items:
@@ -94,10 +85,31 @@ def run_operator(
                     30,
                     "AgentTrainingJobs were not released by the operator's finalizer",
                 )
-        finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+
+
+@contextlib.contextmanager
+def started(
+    command: list[str], log_path: Path, port: int, env: dict[str, str] | None = None
+) -> Iterator[RunningOperator]:
+    """The operator's `command` as a process logging to `log_path`, once it serves /metrics on `port`; stopped with
+    SIGTERM on the way out (killed after 20 s)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ} if env is None else env
+        )
+    running = RunningOperator(process, log_path, port)
+    try:
+        wait_for(
+            lambda: running.alive() and running.metrics(),
+            30,
+            f"the operator did not serve /metrics; log:\n{log_path.read_text()[-3000:]}",
+            ignoring=(OSError,),
+        )
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

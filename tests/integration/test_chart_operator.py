@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from kubernetes import client
 from tests import helm as chart
 from tests.integration import controlplane, kwok
 from tests.integration.conftest import KwokCluster, _build, _clients, _stop_plane
-from tests.integration.running_operator import ATJ, RunningOperator, free_port
+from tests.integration.running_operator import ATJ, RunningOperator, free_port, started
 from tests.polling import wait_for
 from tests.sensorplay import TUNNEL_REMOTE, Player
 from trainguard.builders import sensorkey
@@ -180,24 +179,8 @@ def operator(command: list[str], log_path: Path, port: int) -> Iterator[RunningO
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}
     # The Deployment's fieldRef environment, as the kubelet would fill it in.
     env |= {"POD_NAMESPACE": OPERATOR_NS, "POD_NAME": "trainguard-local", "SERVICE_ACCOUNT": SA}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    running = RunningOperator(process, log_path, port)
-    try:
-        wait_for(
-            lambda: running.alive() and running.metrics(),
-            30,
-            f"the operator did not serve /metrics; log:\n{log_path.read_text()[-3000:]}",
-            ignoring=(OSError,),
-        )
+    with started(command, log_path, port, env) as running:
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def granted(manifests: list[dict[str, Any]]) -> set[Grant]:

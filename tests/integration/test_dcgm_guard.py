@@ -19,7 +19,6 @@ import pytest
 
 from tests.integration.conftest import KwokCluster
 from tests.integration.prometheus import exporter, free_port, prometheus, series
-from tests.integration.running_operator import ATJ
 from tests.integration.test_enforcement import QUARANTINED, Rig, _metric, _violations
 from tests.polling import wait_for
 
@@ -111,24 +110,10 @@ class DcgmRig(Rig):
     def operator_args(self) -> list[str]:
         return [*super().operator_args(), "--dcgm-interval=1", "--dcgm-max-age=5", "--dcgm-timeout=2"]
 
-    def create(self, action: str, replicas: int = 2, dry_run: bool = False, **enforcement: Any) -> dict[str, Any]:
-        body = {
-            "apiVersion": "trainguard.io/v1alpha1",
-            "kind": "AgentTrainingJob",
-            "metadata": {"name": self.name},
-            "spec": {
-                "replicas": replicas,
-                "template": {
-                    "spec": {"containers": [{"name": "trainer", "image": "trainer:dev", "command": ["python"]}]}
-                },
-                "policy": {"enforcement": {"action": action, "dryRun": dry_run, **enforcement}},
-                "monitoring": {"prometheus": {"url": self.prometheus_url}},
-            },
-        }
-        out: dict[str, Any] = self.cluster.custom.create_namespaced_custom_object(
-            *ATJ[:2], self.namespace, ATJ[2], body
-        )
-        return out
+    def body(self, action: str, replicas: int, dry_run: bool, enforcement: dict[str, Any]) -> dict[str, Any]:
+        body = super().body(action, replicas, dry_run, enforcement)
+        body["spec"]["monitoring"] = {"prometheus": {"url": self.prometheus_url}}
+        return body
 
 
 @pytest.fixture

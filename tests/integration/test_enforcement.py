@@ -62,8 +62,9 @@ class Rig:
         with run_operator(self.cluster, self.namespace, path, *self.operator_args(), kubeconfig=kubeconfig) as running:
             yield running
 
-    def create(self, action: str, replicas: int = 2, dry_run: bool = False, **enforcement: Any) -> dict[str, Any]:
-        body = {
+    def body(self, action: str, replicas: int, dry_run: bool, enforcement: dict[str, Any]) -> dict[str, Any]:
+        """The AgentTrainingJob under test."""
+        return {
             "apiVersion": "trainguard.io/v1alpha1",
             "kind": "AgentTrainingJob",
             "metadata": {"name": self.name},
@@ -75,6 +76,9 @@ class Rig:
                 "policy": {"enforcement": {"action": action, "dryRun": dry_run, **enforcement}},
             },
         }
+
+    def create(self, action: str, replicas: int = 2, dry_run: bool = False, **enforcement: Any) -> dict[str, Any]:
+        body = self.body(action, replicas, dry_run, enforcement)
         out: dict[str, Any] = self.cluster.custom.create_namespaced_custom_object(
             *ATJ[:2], self.namespace, ATJ[2], body
         )
