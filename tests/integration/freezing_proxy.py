@@ -65,6 +65,11 @@ class FreezingProxy:
                 break
             if not data:
                 break
+            if generation <= self._frozen_before:
+                # Frozen while this recv waited: a chunk read after the freeze goes nowhere, so that a connection
+                # freezes in both directions at once (else a request sent just after the freeze reached the API
+                # server and only its answer was lost: a half-open connection, another fault, docs/notes.md).
+                continue
             try:
                 sink.sendall(data)
             except OSError:
