@@ -122,6 +122,11 @@ class Rig:
             raise
         return found
 
+    def cut_mark(self, pod: str) -> str:
+        """The pod's `trainguard.io/cut` annotation ("confirmed <nonce> pids=..."), empty when none or no pod."""
+        p = self.pod(pod)
+        return str((p.metadata.annotations or {}).get("trainguard.io/cut", "")) if p is not None else ""
+
     def events(self, name: str) -> list[client.CoreV1Event]:
         found: list[client.CoreV1Event] = self.cluster.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={name}"
@@ -226,12 +231,9 @@ def test_quarantine_labels_cuts_and_keeps_the_pod_and_its_neighbour(rig: Rig) ->
         rig.streaming(2)
         rig.player.set_mode(bad, "tunnel")
 
-        def cut_confirmed() -> client.V1Pod | None:
-            p = rig.pod(bad)
-            ok = p is not None and (p.metadata.annotations or {}).get("trainguard.io/cut", "").startswith("confirmed")
-            return p if ok else None
-
-        p = wait_for(cut_confirmed, 20, "the cut was not confirmed on the pod")
+        wait_for(lambda: rig.cut_mark(bad).startswith("confirmed"), 20, "the cut was not confirmed on the pod")
+        p = rig.pod(bad)
+        assert p is not None
         assert p.metadata.labels[QUARANTINED] == "true"
         evidence = json.loads(p.metadata.annotations["trainguard.io/evidence"])
         assert evidence["action"] == "Quarantine"
@@ -266,8 +268,7 @@ def test_a_second_tunnel_on_a_quarantined_pod_gets_a_cut_of_its_own_once(rig: Ri
         rig.player.set_mode(bad, "two-tunnels")
 
         def both_stopped() -> str | None:
-            p = rig.pod(bad)
-            mark = (p.metadata.annotations or {}).get("trainguard.io/cut", "") if p is not None else ""
+            mark = rig.cut_mark(bad)
             return mark if mark.startswith("confirmed") and mark.endswith("pids=31,32") else None
 
         wait_for(both_stopped, 30, f"both tunnels' processes were not stopped: cuts {rig.player.cuts[bad]}")
@@ -396,11 +397,7 @@ def _crash_at(rig: Rig, monkeypatch: pytest.MonkeyPatch, action: str, failpoint:
 def test_quarantine_survives_a_crash_between_steps(rig: Rig, monkeypatch: pytest.MonkeyPatch, failpoint: str) -> None:
     bad, good = _crash_at(rig, monkeypatch, "Quarantine", failpoint)
     with rig.operator("second"):
-
-        def confirmed() -> bool:
-            p = rig.pod(bad)
-            return p is not None and (p.metadata.annotations or {}).get("trainguard.io/cut", "").startswith("confirmed")
-
+        confirmed = lambda: rig.cut_mark(bad).startswith("confirmed")  # noqa: E731
         wait_for(confirmed, 30, "the quarantine was not finished after the restart")
         assert len(rig.player.cuts[bad]) <= 2  # one, or a second after a crash right after the first cut
         assert failpoint != "record.after-status" or len(rig.player.cuts[bad]) == 1
@@ -436,10 +433,7 @@ def test_api_faults_lose_and_double_no_decision(rig: Rig) -> None:
             rig.player.set_mode(second, "tunnel")
 
             def cut(pod: str) -> bool:
-                p = rig.pod(pod)
-                return p is not None and (p.metadata.annotations or {}).get("trainguard.io/cut", "").startswith(
-                    "confirmed"
-                )
+                return rig.cut_mark(pod).startswith("confirmed")
 
             wait_for(lambda: cut(first) and cut(second), 60, f"not both cut; faults so far: {proxy.injected}")
             wait_for(
